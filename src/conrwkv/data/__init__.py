@@ -1,0 +1,1 @@
+"""Data: tokenizer, binidx token files, Markov-chain generator, speech corpora."""

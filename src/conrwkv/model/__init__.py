@@ -1,0 +1,7 @@
+"""The RWKV-6 / Con-RWKV language model and its recurrent state."""
+
+from ..config import ModelConfig
+from .rwkv6 import RWKV6
+from .state import LayerState, RWKVState
+
+__all__ = ["LayerState", "ModelConfig", "RWKV6", "RWKVState"]

@@ -1,0 +1,43 @@
+"""Builders for tiny models and checkpoints that the tests make themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from conrwkv.model import RWKV6, ModelConfig
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=97, n_layer=2, n_embd=64, head_size=16)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@torch.no_grad()
+def randomize_(model: RWKV6, seed: int = 0) -> RWKV6:
+    """Random weights of realistic scale everywhere (the official init zeros whole matrices,
+    which would hide mistakes): matrices of unit gain, raw decays in [-3, 0.5], LayerNorm gains
+    near 1."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("att.time_decay"):
+            p.copy_(torch.empty(p.shape).uniform_(-3.0, 0.5, generator=gen))
+        elif ".ln" in name or name.startswith("ln_out"):
+            centre = 1.0 if name.endswith("weight") else 0.0
+            p.copy_(centre + 0.2 * torch.randn(p.shape, generator=gen))
+        elif name.endswith(("_w1", "_w2")):           # LoRA factors, used as x @ w: fan-in first
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-2] ** 0.5)
+        elif p.dim() == 2 and not name.startswith("emb"):  # Linear weights [out, in]
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+        else:
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def random_checkpoint(path: Path, seed: int = 0, **config) -> tuple[Path, RWKV6]:
+    """Write a random official-format `.pth` and return it with the model that wrote it."""
+    model = randomize_(RWKV6(tiny_config(**config)), seed)
+    model.save_checkpoint(path)
+    return path, model
