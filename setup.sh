@@ -1,9 +1,19 @@
 #!/bin/sh
-# Create .venv (if missing) and install the pinned requirements and this package into it.
-# Safe to run again: pip skips what is already there.
+# Create .venv (if missing) and install the pinned requirements and this package into it;
+# install the speech synthesisers and the English text (WordNet) the offline ASR corpus is
+# made from, when they are missing and this runs as root. Safe to run again.
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
+SYSTEM_PACKAGES="espeak-ng flite wordnet-base"
+if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1 \
+   || [ ! -d /usr/share/wordnet ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $SYSTEM_PACKAGES >/dev/null
+  else
+    echo "setup.sh: note: install $SYSTEM_PACKAGES (apt-get) for the offline speech corpus" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements.txt

@@ -72,3 +72,88 @@ class ModelConfig:
     @property
     def n_head(self) -> int:
         return self.dim_att // self.head_size
+
+
+@dataclass
+class TrainConfig:
+    """Training run: data, optimisation, hardware, outputs. Shared by --task lm and --task asr."""
+
+    proj_dir: str = field(default="output/run", metadata=_help(
+        "Output folder: step-numbered weights (.pth), resumable checkpoints, logs, run config."))
+    data_file: str = field(default="", metadata=_help(
+        "LM: a binidx prefix (path without .bin/.idx) or a datanew.py folder (train/val + "
+        "meta.json). ASR: a corpus (LibriSpeech split folder, save_to_disk folder or JSONL)."))
+    val_file: str = field(default="", metadata=_help(
+        "Validation data of the same kind (LM: default the folder's val; ASR: see eval_data)."))
+    data_type: str = field(default="auto", metadata=_help(
+        "LM sampling: windows (fixed ctx_len windows, magic-prime order), documents (one document "
+        "per sample, masked padding), or auto (documents for datanew.py folders).",
+        choices=("auto", "windows", "documents")))
+    ctx_len: int = field(default=512, metadata=_help("Tokens per training sample (LM)."))
+    micro_bsz: int = field(default=8, metadata=_help("Samples per GPU (or CPU process) per step."))
+    max_steps: int = field(default=1000, metadata=_help("Optimizer steps to train for."))
+    lr_init: float = field(default=6e-4, metadata=_help("Learning rate after warmup."))
+    lr_final: float = field(default=6e-5, metadata=_help("Learning rate at the last step."))
+    lr_schedule: str = field(default="exp", metadata=_help(
+        "Decay from lr_init to lr_final over the steps after warmup: exp (RWKV default), cos, "
+        "or const (stay at lr_init).", choices=("exp", "cos", "const")))
+    warmup_steps: int = field(default=10, metadata=_help(
+        "Warmup steps: lr is multiplied by 0.01 + 0.99 * step / warmup_steps."))
+    beta1: float = field(default=0.9, metadata=_help("Adam beta1."))
+    beta2: float = field(default=0.99, metadata=_help("Adam beta2."))
+    adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon."))
+    weight_decay: float = field(default=0.0, metadata=_help(
+        "Decoupled weight decay (AdamW) on weight matrices; 0 turns it off (RWKV default)."))
+    grad_clip: float = field(default=1.0, metadata=_help("Gradient-norm clip (0: none)."))
+    precision: str = field(default="auto", metadata=_help(
+        "Lightning precision: auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, "
+        "bf16-true.", choices=("auto", "32-true", "bf16-mixed", "bf16-true")))
+    accelerator: str = field(default="auto", metadata=_help(
+        "auto, cpu or gpu.", choices=("auto", "cpu", "gpu")))
+    devices: str = field(default="auto", metadata=_help(
+        "Devices per node: a count (e.g. 2) or auto (all GPUs, or 1 CPU process)."))
+    num_nodes: int = field(default=1, metadata=_help("Machines in the run."))
+    strategy: str = field(default="auto", metadata=_help(
+        "Distribution strategy: auto, ddp, deepspeed_stage_1, deepspeed_stage_2, "
+        "deepspeed_stage_3 (DeepSpeed needs GPUs and the deepspeed package).",
+        choices=("auto", "ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")))
+    seed: int = field(default=42, metadata=_help("Random seed (model init, data order)."))
+    load_model: str = field(default="", metadata=_help(
+        "Start from this official .pth (LM: fine-tune; ASR: the frozen LLM)."))
+    resume: bool = field(default=True, metadata=_help(
+        "Continue from the newest resumable checkpoint in proj_dir when there is one."))
+    save_every: int = field(default=0, metadata=_help(
+        "Write weights and a resumable checkpoint every this many steps (0: at the end only). "
+        "Files are step-numbered and never deleted."))
+    val_every: int = field(default=0, metadata=_help(
+        "Validate every this many steps (0: only at the end)."))
+    val_batches: int = field(default=0, metadata=_help(
+        "Batches per validation (0: the whole validation set)."))
+    log_every: int = field(default=10, metadata=_help("Log training metrics every this many steps."))
+    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes."))
+
+
+@dataclass
+class AsrConfig:
+    """The speech side of RWKV-ASR / SLAM-ASR: encoder, projector, prompt layout, decoding, data."""
+
+    encoder: str = field(default="", metadata=_help(
+        "Speech encoder: a local HuggingFace folder (HuBERT, wav2vec 2.0 or WavLM, saved with "
+        "save_pretrained, with its preprocessor_config.json), or a hub id when online."))
+    encoder_trainable: bool = field(default=False, metadata=_help(
+        "Train the speech encoder too (default: frozen, as in SLAM-ASR and RWKV-ASR)."))
+    projector: str = field(default="linear", metadata=_help(
+        "Projector: 'linear' (concatenate `downsample` frames, Linear-ReLU-Linear) or 'conv' "
+        "(Conv1d with kernel = stride = downsample, then the same MLP).", choices=("linear", "conv")))
+    downsample: int = field(default=5, metadata=_help(
+        "Encoder frames merged into one LLM position (5: 50 frames/s -> 10 positions/s)."))
+    projector_hidden: int = field(default=2048, metadata=_help("Hidden width of the projector MLP."))
+    separator: str = field(default="#", metadata=_help(
+        "Text placed between the speech embeddings and the transcript (RWKV-ASR uses '#')."))
+    beam: int = field(default=1, metadata=_help("Beam size for decoding (1: greedy)."))
+    max_tokens_per_second: float = field(default=8.0, metadata=_help(
+        "Decoding stops after this many tokens per second of audio (plus 10) if no end token."))
+    skip_bad_audio: bool = field(default=False, metadata=_help(
+        "Skip (and count in the log) corrupt, empty or missing audio files instead of stopping."))
+    min_duration: float = field(default=0.0, metadata=_help("Drop utterances shorter than this (s)."))
+    max_duration: float = field(default=30.0, metadata=_help("Drop utterances longer than this (s)."))

@@ -1,0 +1,577 @@
+"""Speech corpora for RWKV-ASR (the SLAM-ASR recipe, SPEC.md section 6): one list of utterances
+from three on-disk forms, 16 kHz mono audio, and length-bucketed batches for distributed training.
+
+Forms read by `load_corpus`:
+- LibriSpeech in its original layout (SPEC.md section 6):
+  `<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` beside
+  `<speaker>-<chapter>.trans.txt` with lines `<utt-id> UPPERCASE TRANSCRIPT`;
+- a HuggingFace dataset written with `datasets`' `save_to_disk` (a Dataset or a DatasetDict).
+  Its audio column is read with `Audio(decode=False)` and decoded here with soundfile, because
+  `Audio()` decoding needs torchcodec; the audio stays in the memory-mapped Arrow files and is
+  read row by row when needed;
+- JSONL manifests, one `{"audio": path, "text": ..., "duration": ...}` per line (optional "id");
+  relative audio paths are resolved against the manifest's folder.
+
+Audio comes back as float32 numpy at 16 kHz, multi-channel files averaged to mono, other rates
+resampled with scipy.signal.resample_poly (a polyphase FIR filter, no torchaudio). A missing,
+empty or undecodable file raises AudioError naming the file and the problem; with
+skip_bad_audio it is skipped instead, and every skip is logged with the file and a count.
+
+The batch format the model side consumes is `collate_speech`'s dict(ids=list[str],
+audio=list[np.ndarray], texts=list[str]); the speech encoder's feature extractor pads.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+from conrwkv.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+TEXT_COLUMNS = ("text", "sentence", "transcript")
+MANIFEST_SUFFIXES = (".jsonl", ".json", ".ndjson")
+AUDIO_SUFFIXES = (".flac", ".wav")
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used: missing, empty, or not decodable."""
+
+
+@dataclass(frozen=True)
+class ArrowAudio:
+    """Audio kept inside a `save_to_disk` dataset, read on demand: a LibriSpeech-sized dataset
+    holds tens of GB of encoded audio, which must stay in its memory-mapped Arrow files."""
+
+    dataset_path: str
+    split: str | None
+    column: str
+    row: int
+
+    @property
+    def name(self) -> str:
+        where = f"{self.dataset_path}" + (f" split {self.split}" if self.split else "")
+        return f"{where} row {self.row}"
+
+    def read(self) -> bytes | str:
+        """The encoded bytes, or the audio file's path where the dataset stores only a path."""
+        record = _open_disk_dataset(self.dataset_path, self.split, self.column)[self.row][self.column]
+        return _audio_from_record(record, Path(self.dataset_path), self.name)
+
+
+AudioSource = str | bytes | ArrowAudio
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One transcribed recording. `audio` is a file path, encoded bytes (FLAC, WAV, ...), or a
+    row of a saved HF dataset; `duration` is in seconds (None until read, see load_corpus);
+    `origin` names where encoded bytes came from, for error messages."""
+
+    id: str
+    audio: AudioSource
+    text: str
+    duration: float | None = None
+    origin: str = ""
+
+    @property
+    def audio_name(self) -> str:
+        if isinstance(self.audio, str):
+            return self.audio
+        if isinstance(self.audio, ArrowAudio):
+            return self.audio.name
+        return self.origin or f"<bytes of utterance {self.id}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+
+
+def _read_source(audio: AudioSource, name: str) -> tuple[io.BytesIO | str, str]:
+    """Check that the audio exists and is not empty; return something soundfile opens."""
+    if isinstance(audio, ArrowAudio):
+        audio = audio.read()
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        if len(audio) == 0:
+            raise AudioError(f"audio {name} is empty (0 bytes)")
+        return io.BytesIO(bytes(audio)), name
+    path = Path(audio)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} is missing")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file {path} is empty (0 bytes)")
+    return str(path), str(path)
+
+
+def audio_duration(audio: AudioSource, name: str | None = None) -> float:
+    """Duration in seconds from the file header (soundfile.info), without decoding samples."""
+    source, name = _read_source(audio, name or _default_name(audio))
+    try:
+        info = sf.info(source)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"audio {name} cannot be read as audio: {err}") from err
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(f"audio {name} contains no samples")
+    return info.frames / info.samplerate
+
+
+def load_audio(audio: AudioSource, name: str | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode to a 1-D float32 array at `sample_rate`: channels averaged, other rates resampled."""
+    source, name = _read_source(audio, name or _default_name(audio))
+    try:
+        samples, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"audio {name} cannot be decoded: {err}") from err
+    if samples.shape[0] == 0:
+        raise AudioError(f"audio {name} contains no samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"audio {name} contains NaN or infinite samples (corrupt float data)")
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    return resample(mono, rate, sample_rate)
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase resampling by the reduced ratio target/rate; output length ceil(n * target / rate)."""
+    if rate == target_rate:
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    common = gcd(int(rate), int(target_rate))
+    out = resample_poly(samples.astype(np.float64), target_rate // common, int(rate) // common)
+    return out.astype(np.float32)
+
+
+def _default_name(audio: AudioSource) -> str:
+    if isinstance(audio, ArrowAudio):
+        return audio.name
+    return "<audio bytes>" if isinstance(audio, (bytes, bytearray, memoryview)) else str(audio)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus forms
+
+
+def load_librispeech(path: str | os.PathLike, split: str | None = None) -> list[Utterance]:
+    """Utterances of one LibriSpeech split: `path` is the split folder, or LibriSpeech/ (or its
+    parent) together with `split`. Durations are left None (load_corpus reads them)."""
+    folder = _librispeech_split_folder(Path(path), split)
+    transcripts = sorted(folder.glob("*/*/*.trans.txt"))
+    if not transcripts:
+        raise ValueError(f"{folder} holds no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt files: "
+                         "not a LibriSpeech split folder")
+    utterances: list[Utterance] = []
+    listed: set[Path] = set()
+    for trans in transcripts:
+        chapter_prefix = trans.name[: -len(".trans.txt")]
+        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            utt_id, _, text = line.strip().partition(" ")
+            text = " ".join(text.split())
+            if not text:
+                raise ValueError(f"{trans}:{lineno}: utterance {utt_id!r} has no transcript")
+            if not utt_id.startswith(chapter_prefix + "-"):
+                raise ValueError(f"{trans}:{lineno}: utterance id {utt_id!r} does not start with "
+                                 f"{chapter_prefix}- as the file name says it should")
+            audio = _find_audio_file(trans.parent, utt_id)
+            listed.add(audio)
+            utterances.append(Utterance(id=utt_id, audio=str(audio), text=text))
+    unlisted = [p for suffix in AUDIO_SUFFIXES for p in folder.glob(f"*/*/*{suffix}") if p not in listed]
+    if unlisted:
+        log.warning("%d audio files under %s have no transcript line and are not used (first: %s)",
+                    len(unlisted), folder, sorted(unlisted)[0])
+    _check_unique_ids(utterances, str(folder))
+    return utterances
+
+
+def _librispeech_split_folder(path: Path, split: str | None) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"LibriSpeech folder {path} does not exist")
+    if split is None:
+        return path
+    for candidate in (path / split, path / "LibriSpeech" / split):
+        if candidate.is_dir():
+            return candidate
+    if path.name == split:
+        return path
+    raise ValueError(f"no split folder {split!r} in {path} (looked for {path / split} and "
+                     f"{path / 'LibriSpeech' / split})")
+
+
+def _find_audio_file(folder: Path, utt_id: str) -> Path:
+    for suffix in AUDIO_SUFFIXES:
+        candidate = folder / f"{utt_id}{suffix}"
+        if candidate.exists():
+            return candidate
+    # Reported as missing by the audio checks, which may skip it on request.
+    return folder / f"{utt_id}{AUDIO_SUFFIXES[0]}"
+
+
+def load_manifest(path: str | os.PathLike) -> list[Utterance]:
+    """Utterances of a JSONL manifest: {"audio", "text"} required, "duration" and "id" optional
+    (the id defaults to the audio file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest {path} does not exist")
+    utterances = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err})") from err
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a JSON object, found {type(entry).__name__}")
+        audio, text = entry.get("audio"), entry.get("text")
+        if not isinstance(audio, str) or not audio:
+            raise ValueError(f"{where}: \"audio\" must be a non-empty path string")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: \"text\" must be a string")
+        duration = entry.get("duration")
+        if duration is not None and (not isinstance(duration, (int, float)) or duration <= 0):
+            raise ValueError(f"{where}: \"duration\" must be a positive number of seconds")
+        audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
+        utt_id = str(entry.get("id") or Path(audio).stem)
+        utterances.append(Utterance(id=utt_id, audio=str(audio_path), text=text,
+                                    duration=None if duration is None else float(duration)))
+    _check_unique_ids(utterances, str(path))
+    return utterances
+
+
+def load_disk_dataset(path: str | os.PathLike, split: str | None = None, text_column: str | None = None,
+                      audio_column: str = "audio", id_column: str = "id") -> list[Utterance]:
+    """Utterances of a dataset written by `datasets`' save_to_disk. A DatasetDict needs `split`
+    unless it has just one. The text column is `text_column`, or the first of TEXT_COLUMNS present."""
+    path = Path(path)
+    dataset, split = _disk_dataset_and_split(path, split)
+    columns = dataset.column_names
+    if audio_column not in columns:
+        raise ValueError(f"dataset {path} has no audio column {audio_column!r} (columns: {columns})")
+    if text_column is None:
+        text_column = next((c for c in TEXT_COLUMNS if c in columns), None)
+        if text_column is None:
+            raise ValueError(f"dataset {path} has none of the text columns {TEXT_COLUMNS} "
+                             f"(columns: {columns}); name one with text_column")
+    elif text_column not in columns:
+        raise ValueError(f"dataset {path} has no text column {text_column!r} (columns: {columns})")
+    has_ids = id_column in columns
+    # The audio itself stays on disk; ArrowAudio reads one row when it is needed.
+    wanted = [text_column] + ([id_column] if has_ids else [])
+    utterances = []
+    row = 0
+    for batch in dataset.select_columns(wanted).iter(batch_size=256):
+        for i, text in enumerate(batch[text_column]):
+            utt_id = str(batch[id_column][i]) if has_ids else f"{split or path.name}-{row:07d}"
+            if not isinstance(text, str):
+                raise ValueError(f"dataset {path} row {row}: text column {text_column!r} is not a string")
+            audio = ArrowAudio(str(path), split, audio_column, row)
+            utterances.append(Utterance(id=utt_id, audio=audio, text=text, origin=audio.name))
+            row += 1
+    _check_unique_ids(utterances, str(path))
+    return utterances
+
+
+def _disk_dataset_and_split(path: Path, split: str | None):
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if split is None:
+            if len(splits) != 1:
+                raise ValueError(f"dataset {path} has splits {splits}: name one")
+            split = splits[0]
+        elif split not in splits:
+            raise ValueError(f"dataset {path} has no split {split!r} (splits: {splits})")
+    elif split is not None:
+        raise ValueError(f"dataset {path} is a single Dataset without splits; {split!r} does not apply")
+    return _open_disk_dataset(str(path), split, None), split
+
+
+@lru_cache(maxsize=16)
+def _open_disk_dataset(path: str, split: str | None, audio_column: str | None):
+    """Open once per process (memory-mapped). With audio_column: that column alone, with
+    Audio(decode=False) so that rows come back as {"bytes", "path"} instead of being decoded."""
+    import datasets
+
+    dataset = datasets.load_from_disk(path)
+    if split is not None:
+        dataset = dataset[split]
+    if audio_column is not None:
+        dataset = dataset.select_columns([audio_column])
+        if isinstance(dataset.features[audio_column], datasets.Audio):
+            dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    return dataset
+
+
+def _audio_from_record(record, dataset_path: Path, name: str) -> bytes | str:
+    """An Audio(decode=False) record {"bytes", "path"}, or a plain path string, to bytes or a path."""
+    if isinstance(record, str):
+        record = {"bytes": None, "path": record}
+    if not isinstance(record, dict):
+        raise AudioError(f"audio {name}: expected an audio record or a path, found {type(record).__name__}")
+    if record.get("bytes") is not None:
+        return record["bytes"]
+    if record.get("path"):
+        audio_path = Path(record["path"])
+        return str(audio_path if audio_path.is_absolute() else dataset_path / audio_path)
+    raise AudioError(f"audio {name} holds neither bytes nor a path")
+
+
+def detect_format(source: str | os.PathLike, split: str | None = None) -> str:
+    """'manifest', 'disk_dataset' or 'librispeech', from what is at `source`."""
+    path = Path(source)
+    if path.is_file():
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            return "manifest"
+        raise ValueError(f"{path} is a file but not a JSONL manifest (expected one of {MANIFEST_SUFFIXES})")
+    if not path.is_dir():
+        raise ValueError(f"speech data source {path} does not exist")
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return "disk_dataset"
+    try:
+        folder = _librispeech_split_folder(path, split)
+    except ValueError:
+        folder = None
+    if folder is not None and next(folder.glob("*/*/*.trans.txt"), None) is not None:
+        return "librispeech"
+    raise ValueError(f"cannot tell what {path} holds: expected a JSONL manifest file, a folder written by "
+                     "datasets' save_to_disk (dataset_dict.json or state.json), or a LibriSpeech split "
+                     "folder <split>/<speaker>/<chapter>/*.trans.txt"
+                     + (f" (or its parent with split {split!r})" if split else ""))
+
+
+def load_corpus(source: str | os.PathLike, split: str | None = None, *, text_column: str | None = None,
+                skip_bad_audio: bool = False, min_duration: float | None = None,
+                max_duration: float | None = None) -> list[Utterance]:
+    """Read any supported form, check that every audio exists and is readable (header only),
+    fill in durations, and apply the duration filters. A bad file raises AudioError, or with
+    skip_bad_audio is left out and counted in the log."""
+    kind = detect_format(source, split)
+    if kind == "manifest":
+        if split is not None:
+            raise ValueError(f"{source} is a manifest (one split); split {split!r} does not apply")
+        utterances = load_manifest(source)
+    elif kind == "disk_dataset":
+        utterances = load_disk_dataset(source, split, text_column=text_column)
+    else:
+        utterances = load_librispeech(source, split)
+    utterances = check_audio(utterances, skip_bad_audio=skip_bad_audio)
+    return filter_by_duration(utterances, min_duration, max_duration)
+
+
+def check_audio(utterances: Sequence[Utterance], skip_bad_audio: bool = False) -> list[Utterance]:
+    """Fill missing durations from file headers; check that every file exists and is not empty.
+    Files with a known duration are only checked for existence and size, which costs a stat."""
+    kept, skipped = [], 0
+    for utt in utterances:
+        try:
+            if utt.duration is None:
+                utt = replace(utt, duration=audio_duration(utt.audio, utt.audio_name))
+            elif isinstance(utt.audio, str):
+                _read_source(utt.audio, utt.audio_name)
+        except AudioError as err:
+            if not skip_bad_audio:
+                raise
+            skipped += 1
+            log.warning("skipping utterance %s (bad audio %d so far): %s", utt.id, skipped, err)
+            continue
+        kept.append(utt)
+    if skipped:
+        log.warning("skipped %d of %d utterances with bad audio (skip_bad_audio is on)",
+                    skipped, len(utterances))
+    return kept
+
+
+def filter_by_duration(utterances: Sequence[Utterance], min_duration: float | None = None,
+                       max_duration: float | None = None) -> list[Utterance]:
+    """Keep utterances with min_duration <= duration <= max_duration (None: no bound); log drops."""
+    low = -math.inf if min_duration is None else min_duration
+    high = math.inf if max_duration is None else max_duration
+    if any(u.duration is None for u in utterances):
+        raise ValueError("filter_by_duration needs durations; run check_audio first")
+    kept = [u for u in utterances if low <= u.duration <= high]
+    if len(kept) < len(utterances):
+        log.info("duration filter [%s, %s] s dropped %d of %d utterances", min_duration, max_duration,
+                 len(utterances) - len(kept), len(utterances))
+    return kept
+
+
+def _check_unique_ids(utterances: Sequence[Utterance], where: str) -> None:
+    seen: dict[str, Utterance] = {}
+    for utt in utterances:
+        if utt.id in seen:
+            raise ValueError(f"{where}: utterance id {utt.id!r} appears twice "
+                             f"({seen[utt.id].audio_name} and {utt.audio_name})")
+        seen[utt.id] = utt
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+
+
+def write_manifest(utterances: Sequence[Utterance], path: str | os.PathLike) -> Path:
+    """Write a JSONL manifest (id, audio, text, duration). Audio paths under the manifest's folder
+    are stored relative to it, others absolute. Audio held as bytes (HF datasets) is written,
+    as stored, to `<manifest stem>_audio/<id>.<format>` beside the manifest."""
+    path = Path(path).resolve()
+    audio_dir = path.parent / f"{path.stem}_audio"
+    lines = []
+    for utt in utterances:
+        if utt.duration is None:
+            raise ValueError(f"utterance {utt.id} has no duration; run check_audio first")
+        audio = utt.audio.read() if isinstance(utt.audio, ArrowAudio) else utt.audio
+        if isinstance(audio, str):
+            audio_path = Path(audio).resolve()
+        else:
+            audio_path = _export_audio_bytes(audio, audio_dir, utt)
+        stored = (audio_path.relative_to(path.parent) if audio_path.is_relative_to(path.parent)
+                  else audio_path)
+        lines.append(json.dumps({"id": utt.id, "audio": str(stored), "text": utt.text,
+                                 "duration": round(utt.duration, 4)}, ensure_ascii=False))
+    text = "".join(line + "\n" for line in lines)
+    return atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _export_audio_bytes(data: bytes, folder: Path, utt: Utterance) -> Path:
+    try:
+        file_format = sf.info(io.BytesIO(data)).format
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"audio {utt.audio_name} cannot be read as audio: {err}") from err
+    target = folder / f"{utt.id}.{file_format.lower()}"
+    atomic_write_bytes(target, lambda f: f.write(data))
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset, collate, batches
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Item i: dict(id=str, audio=float32 1-D numpy at sample_rate, text=str). With
+    skip_bad_audio, an undecodable file gives None (dropped by collate_speech) and is logged
+    with a running count of this process's skips."""
+
+    def __init__(self, utterances: Sequence[Utterance], sample_rate: int = SAMPLE_RATE,
+                 skip_bad_audio: bool = False):
+        self.utterances = list(utterances)
+        self.sample_rate = sample_rate
+        self.skip_bad_audio = skip_bad_audio
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict | None:
+        utt = self.utterances[index]
+        try:
+            audio = load_audio(utt.audio, utt.audio_name, self.sample_rate)
+        except AudioError as err:
+            if not self.skip_bad_audio:
+                raise
+            self.skipped += 1
+            log.warning("skipping utterance %s (bad audio %d so far in this process): %s",
+                        utt.id, self.skipped, err)
+            return None
+        return {"id": utt.id, "audio": audio, "text": utt.text}
+
+    def durations(self) -> list[float]:
+        return [u.duration for u in self.utterances]
+
+
+def collate_speech(items: Sequence[dict | None]) -> dict[str, list]:
+    """dict(ids=list[str], audio=list[np.ndarray], texts=list[str]); unpadded, Nones dropped
+    (a batch whose every file was bad comes back with empty lists)."""
+    items = [item for item in items if item is not None]
+    return {"ids": [item["id"] for item in items],
+            "audio": [item["audio"] for item in items],
+            "texts": [item["text"] for item in items]}
+
+
+class LengthBucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices of similar duration, sharded over distributed ranks.
+
+    Training (shuffle=True): each epoch, a permutation seeded by (seed, epoch) is cut into
+    buckets of `bucket_batches` batches; each bucket is sorted by duration and cut into batches,
+    and the batch order is shuffled. Evaluation (shuffle=False): all utterances sorted longest
+    first (ties by index), so the result is the same on every call.
+
+    Sharding: the number of batches is made a multiple of num_replicas by using the fewest
+    batches of at most batch_size that allow it, with sizes that differ by at most one; rank r
+    takes batches r, r + R, r + 2R, ... So the ranks' batches are disjoint, every rank gets the
+    same number, and together they cover every utterance once: nothing is dropped or repeated.
+    The one exception is batch_size 1 with a data set size not divisible by num_replicas, where
+    no such split exists: the last (size mod num_replicas) utterances of the order are left out
+    of that epoch, with a warning.
+    """
+
+    def __init__(self, durations: Sequence[float], batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, bucket_batches: int = 50):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..num_replicas-1 (num_replicas {num_replicas})")
+        if len(durations) < num_replicas:
+            raise ValueError(f"{len(durations)} utterances cannot be shared by {num_replicas} ranks")
+        if bucket_batches < 1:
+            raise ValueError(f"bucket_batches must be >= 1, got {bucket_batches}")
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.bucket_batches = bucket_batches
+        self.epoch = 0
+        self.batch_sizes = self._batch_sizes()
+        used = sum(self.batch_sizes)
+        if used < len(self.durations):
+            log.warning("batch_size 1 over %d ranks: %d of %d utterances are left out each epoch",
+                        num_replicas, len(self.durations) - used, len(self.durations))
+
+    def _batch_sizes(self) -> list[int]:
+        n, replicas = len(self.durations), self.num_replicas
+        num_batches = replicas * math.ceil(n / (self.batch_size * replicas))
+        if num_batches > n:
+            # Only batch_size 1: one utterance per batch, as many as divide evenly.
+            return [1] * (n // replicas * replicas)
+        base, extra = divmod(n, num_batches)
+        return [base + 1] * extra + [base] * (num_batches - extra)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.batch_sizes) // self.num_replicas
+
+    def _all_batches(self) -> list[np.ndarray]:
+        if not self.shuffle:
+            order = np.lexsort((np.arange(len(self.durations)), -self.durations))
+            return np.split(order[: sum(self.batch_sizes)], np.cumsum(self.batch_sizes)[:-1])
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.durations))
+        batches, start = [], 0
+        for first in range(0, len(self.batch_sizes), self.bucket_batches):
+            sizes = self.batch_sizes[first:first + self.bucket_batches]
+            bucket = order[start:start + sum(sizes)]
+            start += sum(sizes)
+            bucket = bucket[np.argsort(self.durations[bucket], kind="stable")]
+            batches.extend(np.split(bucket, np.cumsum(sizes)[:-1]))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        for batch in batches[self.rank::self.num_replicas]:
+            yield batch.tolist()

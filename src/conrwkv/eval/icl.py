@@ -1,0 +1,107 @@
+"""In-context learning evaluation on Markov-chain data: the model's loss against the
+Bayes-optimal in-context estimator, by position, with a plot.
+
+The references come from the datanew.py folder (val_curves.npz): the Bayes-optimal loss of every
+validation chain at every position, and the mean curves of the oracle (true table) and of the
+lower-order add-beta estimators (SPEC.md section 7). The model is scored on the same chains and
+positions, so `gap = loss - bayes` is exact, not an estimate from different samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.binidx import BinidxReader
+from ..data.sampling import DocumentDataset
+from ..io import atomic_json_save, atomic_write_bytes
+
+
+@torch.no_grad()
+def model_losses_by_position(model, data_dir: str | Path, ctx_len: int, batch_size: int = 64,
+                             device: str | torch.device = "cpu") -> np.ndarray:
+    """Per-chain, per-position cross-entropy [n_val, T] of `model` on the folder's val chains."""
+    dataset = DocumentDataset(BinidxReader(Path(data_dir) / "val"), ctx_len)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    model.eval()
+    rows = []
+    for batch in loader:
+        logits, _ = model(batch["input"].to(device))
+        losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2),
+                                                   batch["target"].to(device), reduction="none")
+        rows.append(torch.where(batch["mask"].to(device), losses, torch.nan).cpu().numpy())
+    return np.concatenate(rows)
+
+
+def icl_summary(model_losses: np.ndarray, data_dir: str | Path) -> dict:
+    """Mean losses over the positions the model predicted, against every reference."""
+    data_dir = Path(data_dir)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    refs = np.load(data_dir / "val_curves.npz")
+    T = model_losses.shape[1]
+    bayes_rows = refs["bayes_by_sequence"][: len(model_losses), :T].astype(np.float64)
+    valid = ~np.isnan(model_losses)
+    by_position = {"model": np.nanmean(model_losses, axis=0), "bayes": bayes_rows.mean(axis=0)}
+    for name in refs.files:
+        if name != "bayes_by_sequence" and name != "bayes":
+            by_position[name] = refs[name][:T]
+    loss = float(model_losses[valid].mean())
+    bayes = float(bayes_rows[valid].mean())
+    order = meta["params"]["order"]
+    summary = {
+        "loss": loss, "bayes": bayes, "gap": loss - bayes,
+        "oracle": float(by_position["oracle"].mean()),
+        "lower_order": {f"order_{j}": float(by_position[f"order_{j}"].mean()) for j in range(order)},
+        "positions": T, "chains": int(len(model_losses)), "params": meta["params"],
+    }
+    return {"summary": summary, "by_position": by_position}
+
+
+def plot_loss_by_position(result: dict, path: str | Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = result["by_position"]
+    positions = np.arange(1, len(curves["model"]) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {"model": dict(color="C0", lw=1.8), "bayes": dict(color="k", lw=1.4),
+              "oracle": dict(color="0.5", lw=1.0, ls=":")}
+    window = max(1, len(positions) // 64)          # a short moving average: per-position means are noisy
+    kernel = np.ones(window)
+    support = np.convolve(np.ones(len(positions)), kernel, mode="same")  # fewer points at the ends
+    for name, values in curves.items():
+        smooth = np.convolve(values, kernel, mode="same") / support
+        style = styles.get(name, dict(lw=1.0, ls="--"))
+        label = {"model": f"model (gap {result['summary']['gap']:+.4f} nats)",
+                 "bayes": "Bayes-optimal (in context)", "oracle": "oracle (true table)"}.get(
+                     name, name.replace("_", "-") + " add-beta")
+        ax.plot(positions, smooth, label=label, **style)
+    ax.axhline(np.log(2), color="0.8", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the chain (log scale)")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def evaluate_and_plot(model, data_dir: str | Path, ctx_len: int, weights_file: str | Path,
+                      batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
+    """Evaluate, then write `<weights>-icl.json` and `<weights>-icl.png` beside the weights."""
+    result = icl_summary(model_losses_by_position(model, data_dir, ctx_len, batch_size, device),
+                         data_dir)
+    stem = Path(weights_file).with_suffix("")
+    atomic_json_save(result["summary"], f"{stem}-icl.json")
+    p = result["summary"]["params"]
+    plot_loss_by_position(result, f"{stem}-icl.png",
+                          f"order {p['order']}, beta {p['beta']}: {Path(weights_file).name}")
+    return result["summary"]

@@ -1,0 +1,1 @@
+"""Training: Lightning modules for LM and ASR, the learning-rate schedule, checkpoints, CLI."""

@@ -1,0 +1,35 @@
+"""Command-line flags generated from the configuration dataclasses.
+
+Every field becomes `--<name>` with the field's help text, type, choices and default, so a flag
+cannot exist without help or without the code that reads it. Flags left out keep the dataclass
+default; `given` reports which were typed, so that a shape read off a checkpoint is only
+overridden (and checked) where the user asked for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    group = parser.add_argument_group(title, (cls.__doc__ or "").strip().splitlines()[0])
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        meta = dict(f.metadata)
+        help_text = f"{meta.pop('help')} (default: {f.default!r})"
+        kwargs = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
+        if kind is bool:
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            group.add_argument(f"--{f.name}", type=kind, metavar=kind.__name__.upper(),
+                               choices=meta.pop("choices", None), **kwargs)
+
+
+def take(cls, namespace: argparse.Namespace) -> tuple[object, dict]:
+    """(instance of cls from the flags given, {name: value} of the flags given for cls)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(namespace).items() if k in names}
+    return cls(**given), given

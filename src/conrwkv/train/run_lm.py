@@ -1,0 +1,86 @@
+"""`train.py --task lm`: train a language model (from scratch or from a .pth) and evaluate it.
+
+On a datanew.py folder the run ends with the in-context-learning evaluation: loss against the
+Bayes-optimal estimator on the validation chains, written as JSON and a PNG beside the final
+weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..eval.icl import evaluate_and_plot
+from ..model import RWKV6
+from .checkpoint import latest_weights
+from .lm_data import LMDataModule, resolve_lm_data
+from .lm_module import LMModule
+from .trainer import fit
+
+log = logging.getLogger(__name__)
+WEIGHTS_NAME = "rwkv"
+
+
+def build_model(model_cfg: ModelConfig, model_given: dict, weights: str) -> RWKV6:
+    """From scratch (official init), or from an official .pth whose shape wins over defaults;
+    shape flags that were typed are checked against the file."""
+    if not weights:
+        return RWKV6(model_cfg)
+    return RWKV6.from_checkpoint(weights, dtype=torch.float32, **model_given)
+
+
+def _markov_folder(train_cfg: TrainConfig) -> Path | None:
+    _, _, _, meta = resolve_lm_data(train_cfg)
+    return Path(train_cfg.data_file) if meta else None
+
+
+def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(model_cfg, model_given, train_cfg.load_model)
+    data = LMDataModule(train_cfg, model.config.vocab_size)
+    markov = _markov_folder(train_cfg)
+    bayes = np.load(markov / "val_curves.npz")["bayes_by_sequence"] if markov else None
+    module = LMModule(model, train_cfg, bayes)
+    run_config = {"task": "lm", "model": dataclasses.asdict(model.config),
+                  "train": dataclasses.asdict(train_cfg)}
+    trainer = fit(module, data, train_cfg, WEIGHTS_NAME, run_config)
+    result = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if markov and trainer.is_global_zero:
+        weights = latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
+        result["icl"] = evaluate_and_plot(module.model.to(module.device), markov, train_cfg.ctx_len,
+                                          weights, batch_size=max(train_cfg.micro_bsz, 32),
+                                          device=module.device)
+        _print_icl(result["icl"], weights)
+    return result
+
+
+def eval_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
+    """Evaluate --load_model, or the newest weights in --proj_dir, on the validation data."""
+    weights = train_cfg.load_model or latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
+    if not weights:
+        raise ValueError(f"nothing to evaluate: give --load_model, or train into --proj_dir "
+                         f"{train_cfg.proj_dir} first (no {WEIGHTS_NAME}-step*.pth there)")
+    markov = _markov_folder(train_cfg)
+    if markov is None:
+        raise ValueError("--op eval for --task lm needs a datanew.py folder as --data_file")
+    model = build_model(model_cfg, model_given, str(weights))
+    device = "cuda" if torch.cuda.is_available() and train_cfg.accelerator != "cpu" else "cpu"
+    summary = evaluate_and_plot(model.to(device), markov, train_cfg.ctx_len, weights,
+                                batch_size=max(train_cfg.micro_bsz, 32), device=device)
+    _print_icl(summary, weights)
+    return {"icl": summary}
+
+
+def _print_icl(summary: dict, weights) -> None:
+    lower = ", ".join(f"{k} {v:.4f}" for k, v in summary["lower_order"].items())
+    print(f"\nICL evaluation of {weights} on {summary['chains']} validation chains, "
+          f"{summary['positions']} positions:\n"
+          f"  model loss   {summary['loss']:.4f} nats/token\n"
+          f"  Bayes-optimal {summary['bayes']:.4f}   gap {summary['gap']:+.4f}\n"
+          f"  oracle {summary['oracle']:.4f}   lower-order add-beta: {lower}\n"
+          f"  plot: {Path(weights).with_suffix('')}-icl.png")

@@ -1,0 +1,83 @@
+"""The Lightning Trainer for both tasks: hardware and precision resolution, DeepSpeed, logs,
+step checkpoints, and resuming from the newest checkpoint in the output folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ..config import TrainConfig
+from .checkpoint import StepCheckpoint, latest_resume_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def resolve_accelerator(cfg: TrainConfig) -> str:
+    if cfg.accelerator != "auto":
+        return cfg.accelerator
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if accelerator == "gpu" else "32-true"
+
+
+def resolve_devices(cfg: TrainConfig):
+    if cfg.devices == "auto":
+        return "auto"
+    try:
+        return int(cfg.devices)
+    except ValueError:
+        raise ValueError(f"--devices must be a count or 'auto', got {cfg.devices!r}") from None
+
+
+def check_strategy(cfg: TrainConfig, accelerator: str) -> None:
+    if cfg.strategy.startswith("deepspeed"):
+        if accelerator != "gpu":
+            raise ValueError(f"--strategy {cfg.strategy} needs GPUs (Lightning refuses DeepSpeed on "
+                             f"the CPU); use --strategy auto or ddp on a CPU machine")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError(f"--strategy {cfg.strategy} needs the deepspeed package "
+                             f"(pip install deepspeed)")
+
+
+def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Trainer:
+    accelerator = resolve_accelerator(cfg)
+    check_strategy(cfg, accelerator)
+    proj = Path(cfg.proj_dir)
+    proj.mkdir(parents=True, exist_ok=True)
+    # Each launch logs into a new version_N folder: a resumed run never overwrites earlier logs.
+    loggers = [CSVLogger(proj, name="logs"), TensorBoardLogger(proj, name="tb")]
+    callbacks = [StepCheckpoint(proj, weights_name, cfg.save_every, run_config),
+                 LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=10)]
+    return L.Trainer(
+        accelerator=accelerator, devices=resolve_devices(cfg), num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=resolve_precision(cfg, accelerator),
+        max_steps=cfg.max_steps, max_epochs=-1,
+        val_check_interval=cfg.val_every or None, check_val_every_n_epoch=None if cfg.val_every else 1,
+        limit_val_batches=1.0 if cfg.val_every else 0, num_sanity_val_steps=0,
+        log_every_n_steps=cfg.log_every, gradient_clip_val=cfg.grad_clip or None,
+        logger=loggers, callbacks=callbacks, enable_checkpointing=False, default_root_dir=proj,
+    )
+
+
+def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg: TrainConfig,
+        weights_name: str, run_config: dict) -> L.Trainer:
+    """Train (resuming when proj_dir has a checkpoint and cfg.resume), then validate once."""
+    L.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg, weights_name, run_config)
+    ckpt = latest_resume_checkpoint(cfg.proj_dir) if cfg.resume else None
+    if ckpt is not None:
+        log.warning("resuming from %s", ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    trainer.limit_val_batches = 1.0
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return trainer

@@ -1,0 +1,143 @@
+"""LM training end to end on CPU: loss falls, checkpoints, resume, the demo's configuration."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conrwkv.config import ModelConfig, TrainConfig
+from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
+from conrwkv.model import RWKV6
+from conrwkv.train.checkpoint import latest_resume_checkpoint
+from conrwkv.train.lm_module import LMModule
+from conrwkv.train.run_lm import eval_lm, train_lm
+from conrwkv.train.schedule import lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def markov_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "k1"
+    write_markov_dataset(out, MarkovDataParams(order=1, seq_len=65, n_train=600, n_val=64, seed=1),
+                         progress=False)
+    return out
+
+
+def configs(markov_dir, proj_dir, **train):
+    model = ModelConfig(vocab_size=2, n_layer=1, n_embd=32, head_size=16, conv_kernel=2)
+    base = dict(proj_dir=str(proj_dir), data_file=str(markov_dir), ctx_len=64, micro_bsz=16,
+                max_steps=40, lr_init=3e-3, lr_final=3e-4, warmup_steps=5, accelerator="cpu",
+                devices="1", seed=0)
+    base.update(train)
+    return model, TrainConfig(**base)
+
+
+def test_training_lowers_the_loss_and_writes_weights_and_plot(markov_dir, tmp_path):
+    model_cfg, train_cfg = configs(markov_dir, tmp_path / "run")
+    result = train_lm(model_cfg, {}, train_cfg)
+    icl = result["icl"]
+    assert icl["loss"] < 0.60 < 0.693                      # uniform guessing costs ln 2
+    assert icl["gap"] == pytest.approx(icl["loss"] - icl["bayes"])
+    assert abs(result["val/gap"]) < 0.2
+    weights = tmp_path / "run" / "rwkv-step000040.pth"
+    assert weights.is_file() and (tmp_path / "run" / "rwkv-step000040-icl.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run" / "rwkv-step000040.json").read_text())["step"] == 40
+    loaded = RWKV6.from_checkpoint(weights)                 # an official-format file
+    assert loaded.config.conv_kernel == 2 and loaded.config.vocab_size == 2
+    # --op eval reproduces the same numbers from the saved weights
+    again = eval_lm(model_cfg, {}, train_cfg)["icl"]
+    assert again["loss"] == pytest.approx(icl["loss"], abs=1e-5)
+
+
+def test_resume_continues_step_count_and_lr_schedule(markov_dir, tmp_path, monkeypatch):
+    model_cfg, train_cfg = configs(markov_dir, tmp_path / "run", max_steps=12, save_every=4)
+    original = LMModule.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.trainer.global_step >= 6:
+            self.trainer.should_stop = True                 # as if the job were killed at step 6
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LMModule, "training_step", interrupted)
+    train_lm(model_cfg, {}, train_cfg)
+    monkeypatch.setattr(LMModule, "training_step", original)
+    assert latest_resume_checkpoint(tmp_path / "run").name == "step7.ckpt"
+    files = sorted(p.name for p in (tmp_path / "run").glob("rwkv-step*.pth"))
+    assert files == ["rwkv-step000004.pth", "rwkv-step000007.pth"]
+
+    train_lm(model_cfg, {}, train_cfg)                     # relaunch: resumes from step 7
+    files = sorted(p.name for p in (tmp_path / "run").glob("rwkv-step*.pth"))
+    assert files == ["rwkv-step000004.pth", "rwkv-step000007.pth", "rwkv-step000008.pth",
+                     "rwkv-step000012.pth"]
+    resumed_log = sorted((tmp_path / "run" / "logs").glob("version_*"))[-1] / "metrics.csv"
+    rows = [line.split(",") for line in resumed_log.read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    step_col, lr_col = header.index("step"), header.index("lr-Adam/model")
+    lrs = {int(r[step_col]): float(r[lr_col]) for r in rows if r[lr_col]}
+    assert min(lrs) >= 7                                   # the count went on, not from 0
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(3e-3 * lr_factor(step, 12, 5, 0.1, "exp"), rel=1e-6)
+
+
+def test_schedule_shapes():
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.01)
+    assert lr_factor(5, 100, 10, 0.1) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.1**0.5)
+    assert lr_factor(55, 100, 10, 0.1, "cos") == pytest.approx(0.55)
+    assert lr_factor(80, 100, 10, 0.1, "const") == 1.0
+
+
+def run(cmd, **kw):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+
+
+def test_demo_dry_run_parses_and_resolves():
+    out = run(["bash", "demo/demo-training-run.sh", "--dry_run", "--max_steps", "7"])
+    assert out.returncode == 0, out.stderr
+    config = json.loads(out.stdout)
+    assert config["task"] == "lm" and config["model"]["conv_kernel"] == 2
+    assert config["model"]["vocab_size"] == 2 and config["train"]["max_steps"] == 7
+    assert "markov-binidx/k1-beta1-len513" in config["train"]["data_file"]
+
+
+def test_bad_flags_give_clear_errors(tmp_path):
+    out = run([sys.executable, "train.py", "--task", "lm", "--op", "predict"])
+    assert out.returncode == 2 and "--op predict is not available for --task lm" in out.stderr
+    out = run([sys.executable, "train.py", "--task", "lm", "--beam", "4"])
+    assert out.returncode == 2 and "unrecognized arguments: --beam" in out.stderr
+    out = run([sys.executable, "train.py", "--task", "lm", "--data_file", str(tmp_path / "none"),
+               "--accelerator", "cpu"])
+    assert out.returncode == 2 and "none.idx does not exist" in out.stderr
+    out = run([sys.executable, "datanew.py", "--order", "9", "--seq-len", "5"])
+    assert out.returncode == 2 and "--seq-len (5) must exceed --order (9)" in out.stderr
+
+
+def test_vocab_too_small_for_the_data_is_refused(markov_dir, tmp_path):
+    _, train_cfg = configs(markov_dir, tmp_path / "r")
+    model_cfg = ModelConfig(vocab_size=1, n_layer=1, n_embd=32, head_size=16)
+    with pytest.raises(ValueError, match="holds token id 1, but the model's vocab_size is 1"):
+        train_lm(model_cfg, {}, train_cfg)
+
+
+def test_icl_sweep_runs_a_tiny_grid_and_resumes(tmp_path):
+    from conrwkv.train import icl_sweep
+
+    args = ["--orders", "1", "--kernels", "0", "2", "--depths", "1", "--steps", "4",
+            "--n-train", "64", "--n-val", "16", "--seq-len", "33", "--n-embd", "32",
+            "--micro-bsz", "8", "--parallel", "2", "--accelerator", "cpu", "--out", str(tmp_path)]
+    assert icl_sweep.main(args) == 0
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert sweep["complete"] and {(r["kernel"], r["depth"]) for r in sweep["runs"]} == {(0, 1), (2, 1)}
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| 1 | 1 |" in table and "conv 2" in table
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    before = (tmp_path / "runs" / "k1-conv0-L1" / "train.log").stat().st_mtime
+    assert icl_sweep.main(args) == 0                       # finished runs are not repeated
+    assert (tmp_path / "runs" / "k1-conv0-L1" / "train.log").stat().st_mtime == before
