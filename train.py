@@ -2,7 +2,7 @@
 
     python train.py --task lm  --op train --data_file data/markov-binidx/k1-... --n_layer 2 ...
     python train.py --task lm  --op eval  --data_file ... --proj_dir output/icl
-    python train.py --task asr --op train|eval|predict ...
+    python train.py --task asr --op train|eval|predict|merge --load_model RWKV.pth --encoder DIR ...
 
 Every flag comes from a configuration dataclass (src/conrwkv/config.py) and has help text:
 `python train.py --task lm --help`. `--dry_run` prints the resolved configuration and exits.
@@ -19,7 +19,7 @@ import sys
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
 from conrwkv.train.cli import add_dataclass_flags, take
 
-OPS = {"lm": ("train", "eval"), "asr": ("train", "eval", "predict")}
+OPS = {"lm": ("train", "eval"), "asr": ("train", "eval", "predict", "merge")}
 
 
 def build_parser(task: str) -> argparse.ArgumentParser:
@@ -28,9 +28,10 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=sorted(OPS), default="lm",
                         help="lm: language-model training (RWKV-ICL); asr: speech recognition by "
                              "state tuning (RWKV-ASR). (default: lm)")
-    parser.add_argument("--op", choices=("train", "eval", "predict"), default="train",
-                        help="train, eval (validation / WER), or predict (asr: transcribe files). "
-                             "(default: train)")
+    parser.add_argument("--op", choices=("train", "eval", "predict", "merge"), default="train",
+                        help="train; eval (lm: loss against Bayes-optimal; asr: corpus WER); "
+                             "predict (asr: transcribe --audio); merge (asr: export the LLM with "
+                             "its trained state as one official .pth). (default: train)")
     parser.add_argument("--dry_run", action="store_true",
                         help="Print the resolved configuration as JSON and exit.")
     add_dataclass_flags(parser, ModelConfig, "model")
@@ -69,11 +70,13 @@ def main(argv=None) -> int:
     logging.getLogger("conrwkv").setLevel(logging.INFO)
     try:
         if args.task == "lm":
-            from conrwkv.train.run_lm import eval_lm, train_lm
+            from conrwkv.train import run_lm
 
-            (train_lm if args.op == "train" else eval_lm)(model_cfg, model_given, train_cfg)
+            getattr(run_lm, f"{args.op}_lm")(model_cfg, model_given, train_cfg)
         else:
-            parser.error("--task asr is not available yet")
+            from conrwkv.train import run_asr
+
+            getattr(run_asr, f"{args.op}_asr")(model_cfg, model_given, train_cfg, asr_cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

@@ -1,10 +1,15 @@
-"""WKV6 benchmark: the torch backends on the CPU (sequential reference vs chunked).
+"""WKV6 benchmark: the torch backends on the CPU, and the project's CUDA kernels on a GPU.
 
     python bench/bench_wkv6.py --cpu            # B=1 H=4 N=64, T = 512 and 2048
+    python bench/bench_wkv6.py --gpu            # S1 = B8 T4096 H32 N64, S2 = B4 T1024 H40 N64
 
-Prints a Markdown table (median of repeats, wall clock) and writes it with the raw numbers as
-JSON when --json is given. Forward, and forward + backward with gradients to every input and
-the initial state.
+--cpu: sequential reference vs chunked, median of repeats by wall clock. --gpu: our CUDA kernels
+(backend "cuda") vs fla's chunk_rwkv6 (fla-core, if installed) vs our torch chunked backend, bf16
+inputs, forward (no grad) and forward + backward with gradients to every input, without and with a
+per-row initial state (and its gradient); medians of CUDA-event timings (triton.testing.do_bench,
+L2 flushed between runs), peak memory beyond the inputs, the bandwidth floor from a measured copy,
+and a correctness check of every output against the float32 torch chunked backend. Prints Markdown
+tables and writes the raw numbers as JSON when --json is given.
 """
 
 from __future__ import annotations
@@ -57,25 +62,203 @@ def bench_cpu(repeats: int):
     return rows
 
 
+GPU_SIZES = {"S1": (8, 4096, 32, 64), "S2": (4, 1024, 40, 64)}
+
+
+def gpu_inputs(B, T, H, N, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r, k, v = (torch.randn(B, T, H, N, device="cuda", generator=g).bfloat16() for _ in range(3))
+    w = (torch.rand(B, T, H, N, device="cuda", generator=g) * 9 - 8).bfloat16()   # raw decay in [-8, 1]
+    u = torch.randn(H, N, device="cuda", generator=g)
+    s = torch.randn(B, H, N, N, device="cuda", generator=g) * 0.1
+    return r, k, v, w, u, s
+
+
+def gpu_impls():
+    """name -> fn(r, k, v, w, u, state) -> y, each taking the raw decay w."""
+    from conrwkv.ops.wkv6_cuda import wkv6_cuda
+
+    impls = {"ours": lambda r, k, v, w, u, s: wkv6_cuda(r, k, v, w, u, s)[0]}
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+    except ImportError:
+        chunk_rwkv6 = None
+    if chunk_rwkv6 is not None:
+        # fla takes the log-decay; it is prepared outside the timed region (see prepare_fla), so
+        # fla is timed on its own kernels only, in bf16 like the other inputs.
+        impls["fla"] = lambda r, k, v, g, u, s: chunk_rwkv6(r, k, v, g, u, scale=1.0, initial_state=s)[0]
+    impls["torch"] = lambda r, k, v, w, u, s: wkv6_chunked(r, k, v, w, u, s)[0]
+    return impls
+
+
+def prepare_fla(w, u):
+    return (-torch.exp(w.float())).to(w.dtype), u.to(w.dtype)
+
+
+def copy_bandwidth():
+    """Bytes read plus written per second by a large device-to-device copy."""
+    import triton.testing
+
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+def floor_ms(B, T, H, N, backward, bandwidth):
+    """Each input read once, each output written once: r, k, v, w -> y; and for the backward
+    r, k, v, w, dy -> dr, dk, dv, dw (bf16; the N x N states are negligible)."""
+    tensors = 5 + (9 if backward else 0)
+    return tensors * B * T * H * N * 2 / bandwidth * 1e3
+
+
+def time_gpu(name, fn, inputs, state, backward, dy):
+    import triton.testing
+
+    r, k, v, w, u, s = inputs
+    if name == "fla":
+        w, u = prepare_fla(w, u)
+    leaves = [x.detach().requires_grad_(backward) for x in (r, k, v, w, u)]
+    s = s.detach().requires_grad_(backward) if state else None
+    args = leaves + [s]
+
+    def fwd():
+        with torch.no_grad():
+            fn(*args)
+
+    def fwd_bwd():
+        fn(*args).backward(dy)
+
+    run = fwd_bwd if backward else fwd
+    grads = [x for x in args if x is not None] if backward else None
+    for _ in range(3):           # builds our extension, runs fla's autotuning: keep it out of the timing
+        run()
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench(run, warmup=100, rep=500, grad_to_none=grads, return_mode="median")
+    for x in grads or []:
+        x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    for x in grads or []:
+        x.grad = None
+    return ms, peak
+
+
+def check_gpu(impls, B, T, H, N):
+    """Relative error of y and of every gradient against the float32 torch chunked backend."""
+    inputs = gpu_inputs(B, T, H, N, seed=1)
+    dy = torch.randn(B, T, H, N, device="cuda").bfloat16()
+
+    def grads(name):
+        if name == "torch":        # float32 leaves, so that the reference gradients are not rounded
+            r, k, v, w, u, s = (x.detach().float().requires_grad_(True) for x in inputs)
+        else:
+            r, k, v, w, u, s = (x.detach().requires_grad_(True) for x in inputs)
+        if name == "torch":
+            y = wkv6_chunked(r, k, v, w, u, s)[0]
+        elif name == "fla":
+            g, ub = -torch.exp(w.float()), u.to(r.dtype)
+            y = impls["fla"](r, k, v, g, ub, s)
+        else:
+            y = impls[name](r, k, v, w, u, s)
+        y.backward(dy.to(y.dtype))
+        return [y.detach()] + [x.grad for x in (r, k, v, w, u, s)]
+
+    ref = grads("torch")
+    out = {}
+    for name in impls:
+        if name == "torch":
+            continue
+        got = grads(name)
+        out[name] = {key: ((a.double() - b.double()).norm() / b.double().norm()).item()
+                     for key, a, b in zip(("y", "dr", "dk", "dv", "dw", "du", "dstate"), got, ref)}
+    return out
+
+
+def bench_gpu():
+    impls = gpu_impls()
+    bandwidth = copy_bandwidth()
+    cases = [(size, backward, state) for size in GPU_SIZES for backward in (False, True)
+             for state in (False, True)]
+    rows = {case: dict(size=case[0], shape="B{} T{} H{} N{}".format(*GPU_SIZES[case[0]]),
+                       pass_="fwd+bwd" if case[1] else "fwd", state=case[2],
+                       floor_ms=floor_ms(*GPU_SIZES[case[0]], case[1], bandwidth)) for case in cases}
+    check = None
+    for name, fn in impls.items():                  # ours first: its numbers come out even if a peer is slow
+        if name != "ours" and check is None:
+            check = check_gpu(impls, *GPU_SIZES["S2"])
+            for impl, errs in check.items():
+                print(f"  check {impl}: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()), flush=True)
+        for size in GPU_SIZES:
+            B, T, H, N = GPU_SIZES[size]
+            inputs = gpu_inputs(B, T, H, N)
+            dy = torch.randn(B, T, H, N, device="cuda").bfloat16()
+            for case in [c for c in cases if c[0] == size]:
+                ms, peak = time_gpu(name, fn, inputs, case[2], case[1], dy)
+                rows[case][f"{name}_ms"], rows[case][f"{name}_peak_mib"] = ms, peak / 2**20
+                print(f"  {size} {rows[case]['pass_']} state={case[2]} {name}: {ms:.3f} ms, "
+                      f"peak +{peak / 2**20:.0f} MiB", flush=True)
+            del inputs, dy
+            torch.cuda.empty_cache()
+    return dict(device=torch.cuda.get_device_name(), bandwidth_gbs=bandwidth / 1e9, rows=list(rows.values()),
+                check_vs_torch_fp32=check, impls=list(impls))
+
+
+def print_gpu(res):
+    names = res["impls"]
+    print(f"\nGPU ({res['device']}, copy bandwidth {res['bandwidth_gbs']:.0f} GB/s), bf16 inputs, "
+          "median of CUDA-event timings (ms); peak memory beyond the inputs (MiB)")
+    head = " | ".join(f"{n} (ms)" for n in names)
+    ratio = " ours / fla |" if "fla" in names else ""
+    peaks = " | ".join(f"peak {n} (MiB)" for n in names if n != "torch")
+    print(f"| size | pass | initial state | {head} |{ratio} floor (ms) | {peaks} |")
+    print("|" + "---|" * (4 + len(names) + (1 if "fla" in names else 0) + len(names) - 1))
+    for row in res["rows"]:
+        times = " | ".join(f"{row[n + '_ms']:.3f}" for n in names)
+        rat = f" {row['ours_ms'] / row['fla_ms']:.2f} |" if "fla" in names else ""
+        pk = " | ".join(f"{row[n + '_peak_mib']:.0f}" for n in names if n != "torch")
+        state = "yes" if row["state"] else "no"
+        print(f"| {row['size']} {row['shape']} | {row['pass_']} | {state} | {times} |{rat} "
+              f"{row['floor_ms']:.3f} | {pk} |")
+    print("\nRelative error against the float32 torch chunked backend (S2, initial state, bf16 inputs)")
+    keys = ("y", "dr", "dk", "dv", "dw", "du", "dstate")
+    print("| impl | " + " | ".join(keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for name, errs in res["check_vs_torch_fp32"].items():
+        print(f"| {name} | " + " | ".join(f"{errs[k]:.1e}" for k in keys) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run the CPU comparison (B=1 H=4 N=64)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case (median reported)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="run the GPU comparison at S1 and S2 (our CUDA kernels, fla, torch chunked)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per CPU case (median reported)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    if not args.cpu:
-        parser.error("choose what to run: --cpu")
+    if not (args.cpu or args.gpu):
+        parser.error("choose what to run: --cpu and/or --gpu")
     results = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
-    results["cpu"] = bench_cpu(args.repeats)
-    print(f"CPU ({results['machine']}, {results['threads']} threads, torch {results['torch']}), "
-          f"B=1 H=4 N=64, median of {args.repeats}")
-    print("| T | pass | sequential (ms) | chunked (ms) | speed-up |")
-    print("|---|---|---|---|---|")
-    for row in results["cpu"]:
-        print(f"| {row['T']} | {row['pass_']} | {row['sequential_ms']:.1f} | {row['chunked_ms']:.1f} "
-              f"| {row['speedup']:.1f}x |")
+    if args.cpu:
+        results["cpu"] = bench_cpu(args.repeats)
+        print(f"CPU ({results['machine']}, {results['threads']} threads, torch {results['torch']}), "
+              f"B=1 H=4 N=64, median of {args.repeats}")
+        print("| T | pass | sequential (ms) | chunked (ms) | speed-up |")
+        print("|---|---|---|---|---|")
+        for row in results["cpu"]:
+            print(f"| {row['T']} | {row['pass_']} | {row['sequential_ms']:.1f} | {row['chunked_ms']:.1f} "
+                  f"| {row['speedup']:.1f}x |")
+    if args.gpu:
+        if not torch.cuda.is_available():
+            parser.error("--gpu needs a CUDA device")
+        results["gpu"] = bench_gpu()
+        print_gpu(results["gpu"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -91,7 +91,12 @@ class TrainConfig:
         choices=("auto", "windows", "documents")))
     ctx_len: int = field(default=512, metadata=_help("Tokens per training sample (LM)."))
     micro_bsz: int = field(default=8, metadata=_help("Samples per GPU (or CPU process) per step."))
-    max_steps: int = field(default=1000, metadata=_help("Optimizer steps to train for."))
+    max_steps: int = field(default=1000, metadata=_help(
+        "Optimizer steps to train for (ignored when epochs > 0)."))
+    epochs: int = field(default=0, metadata=_help(
+        "Train for this many passes over the data instead of max_steps (0: use max_steps)."))
+    epoch_steps: int = field(default=0, metadata=_help(
+        "Steps per epoch when epochs > 0 (0: computed from the data size, micro_bsz and devices)."))
     lr_init: float = field(default=6e-4, metadata=_help("Learning rate after warmup."))
     lr_final: float = field(default=6e-5, metadata=_help("Learning rate at the last step."))
     lr_schedule: str = field(default="exp", metadata=_help(
@@ -150,9 +155,26 @@ class AsrConfig:
     projector_hidden: int = field(default=2048, metadata=_help("Hidden width of the projector MLP."))
     separator: str = field(default="#", metadata=_help(
         "Text placed between the speech embeddings and the transcript (RWKV-ASR uses '#')."))
+    lowercase: bool = field(default=True, metadata=_help(
+        "Lowercase transcripts before tokenising them as targets (LibriSpeech is uppercase; the "
+        "LLM has seen mostly mixed-case text; WER is scored case-insensitively anyway)."))
     beam: int = field(default=1, metadata=_help("Beam size for decoding (1: greedy)."))
     max_tokens_per_second: float = field(default=8.0, metadata=_help(
         "Decoding stops after this many tokens per second of audio (plus 10) if no end token."))
+    lr_state_init: float = field(default=1.0, metadata=_help(
+        "Learning rate of the trained initial states (time_state) after warmup; state tuning "
+        "wants a far larger rate than the projector (lr_init)."))
+    lr_state_final: float = field(default=0.01, metadata=_help(
+        "Learning rate of the trained initial states at the last step."))
+    eval_data: str = field(default="", metadata=_help(
+        "--op eval: comma-separated corpora to score, each a LibriSpeech split folder, a "
+        "save_to_disk folder or a JSONL manifest; the split is named after the folder/file "
+        "(default: --val_file)."))
+    audio: str = field(default="", metadata=_help(
+        "--op predict: comma-separated audio files or folders to transcribe."))
+    asr_weights: str = field(default="", metadata=_help(
+        "--op eval / predict / merge: the trained weights (state, projector, conv) to use "
+        "(default: the newest asr-step*.pth in proj_dir)."))
     skip_bad_audio: bool = field(default=False, metadata=_help(
         "Skip (and count in the log) corrupt, empty or missing audio files instead of stopping."))
     min_duration: float = field(default=0.0, metadata=_help("Drop utterances shorter than this (s)."))

@@ -81,6 +81,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return choice
 
 
+def _cuda_head_sizes() -> tuple[int, ...]:
+    from .wkv6_cuda import HEAD_SIZES
+
+    return HEAD_SIZES
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
 def _wkv6_fla(r, k, v, w, u, state, return_state):
     try:
         from fla.ops.rwkv6 import chunk_rwkv6
@@ -100,6 +115,10 @@ def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | 
     """RWKV-6 WKV operator. Returns y [B, T, H, N], or (y, final state [B, H, N, N] float32)."""
     _check(r, k, v, w, u, state)
     name = resolve_backend(backend, r.device)
+    if name == "cuda" and backend == "auto" and r.shape[-1] not in _cuda_head_sizes():
+        name = "torch"
+        _warn_once(f"wkv6: the CUDA kernels are built for head sizes {_cuda_head_sizes()}, not "
+                   f"{r.shape[-1]}; 'auto' uses the (slower) torch chunked backend for these")
     if name == "torch":
         if r.shape[1] == 1:
             y, final = wkv6_sequential(r, k, v, w, u, state)

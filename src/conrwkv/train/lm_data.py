@@ -52,7 +52,12 @@ class LMDataModule(L.LightningDataModule):
             return DocumentDataset(reader, self.cfg.ctx_len)
         return WindowDataset(reader, self.cfg.ctx_len, seed=self.cfg.seed)
 
+    def steps_per_epoch(self, world_size: int) -> int:
+        return len(self.train_set) // (self.cfg.micro_bsz * world_size)
+
     def setup(self, stage: str | None = None) -> None:
+        if getattr(self, "train_set", None) is not None:
+            return
         self.train_set = self._dataset(self.train_prefix)
         self.val_set = self._dataset(self.val_prefix) if self.val_prefix else None
         if self.val_set is not None and self.cfg.val_batches:

@@ -20,7 +20,7 @@ from ..model import RWKV6
 from .checkpoint import latest_weights
 from .lm_data import LMDataModule, resolve_lm_data
 from .lm_module import LMModule
-from .trainer import fit
+from .trainer import eval_device, fit, resolve_max_steps
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "rwkv"
@@ -43,6 +43,7 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, model_given, train_cfg.load_model)
     data = LMDataModule(train_cfg, model.config.vocab_size)
+    train_cfg = resolve_max_steps(train_cfg, data)
     markov = _markov_folder(train_cfg)
     bayes = np.load(markov / "val_curves.npz")["bayes_by_sequence"] if markov else None
     module = LMModule(model, train_cfg, bayes)
@@ -52,9 +53,10 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     result = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if markov and trainer.is_global_zero:
         weights = latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
-        result["icl"] = evaluate_and_plot(module.model.to(module.device), markov, train_cfg.ctx_len,
+        device = eval_device(train_cfg)
+        result["icl"] = evaluate_and_plot(module.model.to(device), markov, train_cfg.ctx_len,
                                           weights, batch_size=max(train_cfg.micro_bsz, 32),
-                                          device=module.device)
+                                          device=device)
         _print_icl(result["icl"], weights)
     return result
 
@@ -69,7 +71,7 @@ def eval_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -
     if markov is None:
         raise ValueError("--op eval for --task lm needs a datanew.py folder as --data_file")
     model = build_model(model_cfg, model_given, str(weights))
-    device = "cuda" if torch.cuda.is_available() and train_cfg.accelerator != "cpu" else "cpu"
+    device = eval_device(train_cfg)
     summary = evaluate_and_plot(model.to(device), markov, train_cfg.ctx_len, weights,
                                 batch_size=max(train_cfg.micro_bsz, 32), device=device)
     _print_icl(summary, weights)

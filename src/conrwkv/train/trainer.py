@@ -3,6 +3,7 @@ step checkpoints, and resuming from the newest checkpoint in the output folder."
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -24,6 +25,11 @@ def resolve_accelerator(cfg: TrainConfig) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def eval_device(cfg: TrainConfig) -> str:
+    """Where evaluation after (or without) training runs; Lightning leaves models on the CPU."""
+    return "cuda" if resolve_accelerator(cfg) == "gpu" else "cpu"
+
+
 def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
     if cfg.precision != "auto":
         return cfg.precision
@@ -39,6 +45,25 @@ def resolve_devices(cfg: TrainConfig):
         raise ValueError(f"--devices must be a count or 'auto', got {cfg.devices!r}") from None
 
 
+def world_size(cfg: TrainConfig) -> int:
+    devices = resolve_devices(cfg)
+    if devices == "auto":
+        devices = max(torch.cuda.device_count(), 1) if resolve_accelerator(cfg) == "gpu" else 1
+    return devices * cfg.num_nodes
+
+
+def resolve_max_steps(cfg: TrainConfig, datamodule) -> TrainConfig:
+    """With --epochs, turn epochs into optimizer steps (the schedule needs the total up front)."""
+    if cfg.epochs <= 0:
+        return cfg
+    datamodule.setup("fit")
+    per_epoch = cfg.epoch_steps or datamodule.steps_per_epoch(world_size(cfg))
+    if per_epoch < 1:
+        raise ValueError("the training data is smaller than one batch per device")
+    log.info("%d epochs x %d steps = %d steps", cfg.epochs, per_epoch, cfg.epochs * per_epoch)
+    return dataclasses.replace(cfg, max_steps=cfg.epochs * per_epoch)
+
+
 def check_strategy(cfg: TrainConfig, accelerator: str) -> None:
     if cfg.strategy.startswith("deepspeed"):
         if accelerator != "gpu":
@@ -49,7 +74,9 @@ def check_strategy(cfg: TrainConfig, accelerator: str) -> None:
                              f"(pip install deepspeed)")
 
 
-def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict,
+                  distributed_sampler: bool = True) -> L.Trainer:
+    """distributed_sampler=False for data modules that shard over ranks themselves."""
     accelerator = resolve_accelerator(cfg)
     check_strategy(cfg, accelerator)
     proj = Path(cfg.proj_dir)
@@ -66,14 +93,15 @@ def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Tr
         limit_val_batches=1.0 if cfg.val_every else 0, num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every, gradient_clip_val=cfg.grad_clip or None,
         logger=loggers, callbacks=callbacks, enable_checkpointing=False, default_root_dir=proj,
+        use_distributed_sampler=distributed_sampler,
     )
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg: TrainConfig,
-        weights_name: str, run_config: dict) -> L.Trainer:
+        weights_name: str, run_config: dict, distributed_sampler: bool = True) -> L.Trainer:
     """Train (resuming when proj_dir has a checkpoint and cfg.resume), then validate once."""
     L.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, weights_name, run_config)
+    trainer = build_trainer(cfg, weights_name, run_config, distributed_sampler)
     ckpt = latest_resume_checkpoint(cfg.proj_dir) if cfg.resume else None
     if ckpt is not None:
         log.warning("resuming from %s", ckpt)

@@ -1,0 +1,222 @@
+"""Speech recognition with a state-tuned RWKV-6: the SLAM-ASR recipe (Ma et al. 2024, "An
+Embarrassingly Simple Approach for LLM with Strong ASR Capacity") with the LLM adapted by state
+tuning as in RWKV-ASR, optionally with Con-RWKV's causal convolution.
+
+    audio -> SpeechEncoder (frozen) -> Projector -> [speech embeddings][emb("#")] -> RWKV-6 -> text, 0
+
+The layout is prompt-free like RWKV-ASR: the separator ("#" by default) follows the speech, the
+transcript follows the separator and token 0 (end of text in the World vocabulary) ends it. The
+LLM is frozen except every layer's initial WKV state `time_state` and, when the conv is on, the
+Con-RWKV conv branches; the projector is trained; the encoder only when asked.
+
+The loss is the mean cross-entropy over transcript tokens and the end token only; audio and
+separator positions are never counted (RWKV-ASR divided by a count that included the audio, so its
+loss shrank with longer audio). Each batch row is built as its own [speech][sep][text] sequence
+and right-padded: the model is causal, so padding after a row cannot change its earlier positions,
+and an utterance contributes the same summed loss whatever its neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from ..config import AsrConfig
+from ..model import RWKV6
+from .encoder import SpeechEncoder
+from .projector import Projector
+
+END_OF_TEXT = 0
+
+
+class SpeechRWKV(nn.Module):
+    def __init__(self, encoder: SpeechEncoder, projector: Projector, llm: RWKV6,
+                 separator_ids: list[int], eot_id: int = END_OF_TEXT):
+        """Wire the parts together and freeze what state tuning keeps fixed.
+
+        `llm` must have been built with state_tuning=True (and conv_kernel > 0 for Con-RWKV)."""
+        super().__init__()
+        if not llm.config.state_tuning:
+            raise ValueError("SpeechRWKV: the LLM has no time_state; build it with state_tuning=True "
+                             "(RWKV6.from_checkpoint(path, state_tuning=True))")
+        n_embd, vocab = llm.config.n_embd, llm.config.vocab_size
+        if projector.input_dim != encoder.output_dim:
+            raise ValueError(f"SpeechRWKV: projector takes {projector.input_dim}-d frames but the "
+                             f"encoder {encoder.name!r} gives {encoder.output_dim}-d ones")
+        if projector.mlp[-1].out_features != n_embd:
+            raise ValueError(f"SpeechRWKV: projector outputs {projector.mlp[-1].out_features}-d "
+                             f"embeddings but the LLM has n_embd = {n_embd}")
+        if not separator_ids or any(not 0 <= int(i) < vocab for i in separator_ids):
+            raise ValueError(f"SpeechRWKV: separator ids {list(separator_ids)} must be non-empty and "
+                             f"inside the LLM vocabulary [0, {vocab})")
+        if not 0 <= eot_id < vocab:
+            raise ValueError(f"SpeechRWKV: end-of-text id {eot_id} is outside the vocabulary [0, {vocab})")
+        self.encoder = encoder
+        self.projector = projector
+        self.llm = llm
+        self.eot_id = eot_id
+        self.register_buffer("separator_ids", torch.tensor([int(i) for i in separator_ids]),
+                             persistent=False)
+        self.llm.requires_grad_(False)
+        for _, param in self._llm_adapters():
+            # A bf16 LLM still trains its state and conv in fp32: their updates are tiny.
+            param.data = param.data.float()
+            param.requires_grad_(True)
+        self.projector.float().requires_grad_(True)
+
+    @classmethod
+    def from_pretrained(cls, llm_path: str | os.PathLike, asr: AsrConfig, conv_kernel: int = 0, *,
+                        n_layer: int | None = None, n_embd: int | None = None,
+                        llm_dtype: torch.dtype | None = None,
+                        encoder_dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", tokenizer=None,
+                        **llm_options) -> SpeechRWKV:
+        """Build encoder, projector and LLM from an official RWKV `.pth` and an AsrConfig.
+
+        n_layer / n_embd, when given, are checked against the file (a mismatch names the key).
+        `llm_dtype` defaults to the file's dtype; `llm_options` are further ModelConfig fields
+        (wkv_backend, grad_cp). `tokenizer` (default: the World tokenizer) encodes the separator."""
+        if conv_kernel < 0:
+            raise ValueError(f"conv_kernel must be >= 0 (0 = off), got {conv_kernel}")
+        shape = {k: v for k, v in (("n_layer", n_layer), ("n_embd", n_embd)) if v is not None}
+        if conv_kernel:
+            llm_options["conv_kernel"] = conv_kernel
+        llm = RWKV6.from_checkpoint(llm_path, dtype=llm_dtype, device=device, state_tuning=True,
+                                    **shape, **llm_options)
+        encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype)
+        projector = Projector(encoder.output_dim, llm.config.n_embd, hidden=asr.projector_hidden,
+                              downsample=asr.downsample, kind=asr.projector)
+        if tokenizer is None:
+            from ..data.tokenizer import WorldTokenizer
+            tokenizer = WorldTokenizer()
+        separator_ids = tokenizer.encode(asr.separator)
+        if not separator_ids:
+            raise ValueError(f"AsrConfig.separator {asr.separator!r} encodes to no tokens")
+        return cls(encoder, projector, llm, separator_ids).to(device)
+
+    # ---------------------------------------------------------------- what is trained
+    def _llm_adapters(self):
+        for i, block in enumerate(self.llm.blocks):
+            yield f"llm.blocks.{i}.att.time_state", block.att.time_state
+            if block.att.conv is not None:
+                yield f"llm.blocks.{i}.att.conv.weight", block.att.conv.weight
+                yield f"llm.blocks.{i}.att.conv.bias", block.att.conv.bias
+
+    def named_parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """The trained parameters by group: "state", "adapter" (projector, conv), "encoder"."""
+        groups = {"state": {}, "adapter": {}}
+        for name, param in self._llm_adapters():
+            groups["state" if name.endswith("time_state") else "adapter"][name] = param
+        groups["adapter"].update((f"projector.{n}", p) for n, p in self.projector.named_parameters())
+        if self.encoder.trainable:
+            groups["encoder"] = {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+        return groups
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer groups [{"name": ..., "params": [...]}] for separate learning rates."""
+        return [{"name": name, "params": list(params.values())}
+                for name, params in self.named_parameter_groups().items()]
+
+    def trainable_named_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for group in self.named_parameter_groups().values() for n, p in group.items()}
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Exactly the trained tensors (CPU copies), under their SpeechRWKV names."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.trainable_named_parameters().items()}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, Tensor], source: str = "state dict") -> None:
+        """Load what trainable_state_dict() saved; any missing, extra or misshapen key is an error."""
+        own = self.trainable_named_parameters()
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} "
+                            f"(trained with another conv / projector / encoder setting?)")
+        for name in sorted(set(own) & set(state_dict)):
+            if tuple(state_dict[name].shape) != tuple(own[name].shape):
+                problems.append(f"{name} has shape {tuple(state_dict[name].shape)}, the model "
+                                f"{tuple(own[name].shape)}")
+        if problems:
+            raise ValueError(f"{source}: does not fit this SpeechRWKV: " + "; ".join(problems))
+        with torch.no_grad():
+            for name, param in own.items():
+                param.copy_(state_dict[name])
+
+    def export_merged_llm(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                          overwrite: bool = False) -> Path:
+        """Write the whole LLM with its trained time_state (and conv) as an official `.pth`.
+
+        Without a conv the `rwkv` package runs it as a state-tuned World model; a conv file runs
+        in this project's RWKV6 only. `dtype` None keeps every tensor's own dtype (frozen
+        weights as loaded, trained state in fp32)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; choose a new name (or overwrite=True)")
+        self.llm.save_checkpoint(path, dtype)
+        return path
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def device(self) -> torch.device:
+        return self.separator_ids.device
+
+    def embed_speech(self, audio: list[np.ndarray]) -> list[Tensor]:
+        """One [S_i, n_embd] tensor of speech embeddings per utterance (valid positions only)."""
+        features, frame_counts = self.encoder(audio)
+        embeddings, counts = self.projector(features.to(self.device), frame_counts.to(self.device))
+        return [embeddings[i, :int(n)] for i, n in enumerate(counts.tolist())]
+
+    def prefixes(self, audio: list[np.ndarray]) -> list[Tensor]:
+        """One [S_i + P, n_embd] tensor per utterance: speech embeddings then the separator."""
+        separator = self.llm.emb(self.separator_ids)
+        return [torch.cat([speech.to(separator.dtype), separator]) for speech in self.embed_speech(audio)]
+
+    def _check_targets(self, targets: list[list[int]], batch: int) -> None:
+        if len(targets) != batch:
+            raise ValueError(f"SpeechRWKV: {batch} audio items but {len(targets)} target lists")
+        vocab = self.llm.config.vocab_size
+        for i, ids in enumerate(targets):
+            for j, token in enumerate(ids):
+                if token == self.eot_id:
+                    raise ValueError(f"targets[{i}][{j}] is the end-of-text id {self.eot_id}; the "
+                                     f"model appends it itself")
+                if not 0 <= token < vocab:
+                    raise ValueError(f"targets[{i}][{j}] = {token} is outside the vocabulary [0, {vocab})")
+
+    # ---------------------------------------------------------------- loss
+    def utterance_losses(self, audio: list[np.ndarray], targets: list[list[int]]) -> tuple[Tensor, Tensor]:
+        """Per utterance: summed cross-entropy (fp32) over its transcript and end token, and the
+        number of those tokens (len(target) + 1)."""
+        self._check_targets(targets, len(audio))
+        prefixes = self.prefixes(audio)
+        rows, pos_rows, pos_cols, labels = [], [], [], []
+        for i, (prefix, ids) in enumerate(zip(prefixes, targets)):
+            ids = torch.tensor(list(ids), dtype=torch.long, device=self.device)
+            rows.append(torch.cat([prefix, self.llm.emb(ids)]))
+            # The last separator position predicts the first token; the last token predicts eot.
+            first = prefix.shape[0] - 1
+            pos_rows.append(torch.full((len(ids) + 1,), i, device=self.device))
+            pos_cols.append(torch.arange(first, first + len(ids) + 1, device=self.device))
+            labels.append(torch.cat([ids, ids.new_tensor([self.eot_id])]))
+        hidden, _ = self.llm.forward_hidden(pad_sequence(rows, batch_first=True))
+        pos_rows, pos_cols, labels = torch.cat(pos_rows), torch.cat(pos_cols), torch.cat(labels)
+        # The 65536-wide head only where a token is predicted.
+        logits = self.llm.head(hidden[pos_rows, pos_cols]).float()
+        nll = F.cross_entropy(logits, labels, reduction="none")
+        sums = torch.zeros(len(audio), dtype=nll.dtype, device=nll.device).index_add(0, pos_rows, nll)
+        counts = torch.tensor([len(ids) + 1 for ids in targets], device=nll.device)
+        return sums, counts
+
+    def loss(self, audio: list[np.ndarray], targets: list[list[int]]) -> Tensor:
+        """Mean cross-entropy over every transcript and end token of the batch (token-weighted)."""
+        sums, counts = self.utterance_losses(audio, targets)
+        return sums.sum() / counts.sum()

@@ -1,0 +1,61 @@
+"""LightningModule for state tuning a speech recogniser (SpeechRWKV).
+
+Only the trained tensors (time_state, projector, conv; the encoder when asked) reach the
+optimizer, the weights files and the resumable checkpoints: a 3B frozen LLM is never written
+again. The state gets its own, much larger learning rate (SPEC.md section 5).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ..asr import SpeechRWKV
+from ..config import AsrConfig, TrainConfig
+from .optim import build_optimizer
+
+
+class AsrModule(L.LightningModule):
+    def __init__(self, model: SpeechRWKV, train_config: TrainConfig, asr_config: AsrConfig, tokenizer):
+        super().__init__()
+        self.model = model
+        self.train_config, self.asr_config, self.tokenizer = train_config, asr_config, tokenizer
+        self.strict_loading = False        # resumable checkpoints hold the trained tensors only
+        self._val_sums = None
+
+    def targets(self, texts: list[str]) -> list[list[int]]:
+        return [self.tokenizer.encode(t.lower() if self.asr_config.lowercase else t) for t in texts]
+
+    def training_step(self, batch, batch_idx):
+        if not batch["audio"]:                      # every file of the batch was bad and skipped
+            return None
+        loss = self.model.loss(batch["audio"], self.targets(batch["texts"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        if batch["audio"]:
+            sums, counts = self.model.utterance_losses(batch["audio"], self.targets(batch["texts"]))
+            self._val_sums += torch.stack([sums.sum().double(), counts.sum().double()])
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        if sums[1] > 0:
+            self.log("val/loss", (sums[0] / sums[1]).float(), prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        cfg, asr = self.train_config, self.asr_config
+        groups = self.model.named_parameter_groups()
+        rates = {"state": (asr.lr_state_init, asr.lr_state_final)}
+        return build_optimizer(
+            {name: (list(params.items()), *rates.get(name, (cfg.lr_init, cfg.lr_final)))
+             for name, params in groups.items() if params}, cfg)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.trainable_state_dict()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {f"model.{k}": v for k, v in self.export_state_dict().items()}

@@ -1,0 +1,159 @@
+"""`train.py --task asr`: state tuning (train), corpus WER (eval), transcription (predict), and
+export of the state-tuned LLM as one official .pth (merge).
+
+The frozen parts come from --load_model (the RWKV World .pth) and --encoder (a local HuggingFace
+folder); the trained parts live in proj_dir as asr-step<N>.pth and are found again by eval,
+predict and merge (or named with --asr_weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..asr import SpeechRWKV
+from ..asr.decode import decode
+from ..config import AsrConfig, ModelConfig, TrainConfig
+from ..data.speech import SAMPLE_RATE, load_audio
+from ..data.tokenizer import WorldTokenizer
+from ..eval.wer import corpus_wer, format_wer_table, write_split_results
+from ..io import atomic_json_save, safe_torch_load
+from .asr_data import AsrDataModule, corpus_name, speech_dataset, speech_loader
+from .asr_module import AsrModule
+from .checkpoint import latest_weights
+from .trainer import eval_device, fit, resolve_accelerator, resolve_max_steps, resolve_precision
+
+WEIGHTS_NAME = "asr"
+AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
+# Options of the LLM that a speech run may set; its shape comes from the checkpoint.
+_LLM_OPTIONS = ("wkv_backend", "grad_cp")
+
+
+def build_speech_model(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
+                       device: str = "cpu") -> SpeechRWKV:
+    if not train_cfg.load_model:
+        raise ValueError("--load_model is required: the RWKV World .pth to state-tune")
+    if not asr_cfg.encoder:
+        raise ValueError("--encoder is required: a local HuggingFace speech-encoder folder")
+    precision = resolve_precision(train_cfg, resolve_accelerator(train_cfg))
+    llm_dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    return SpeechRWKV.from_pretrained(
+        train_cfg.load_model, asr_cfg, conv_kernel=model_given.get("conv_kernel", 0),
+        n_layer=model_given.get("n_layer"), n_embd=model_given.get("n_embd"),
+        llm_dtype=llm_dtype, device=device,
+        **{k: v for k, v in model_given.items() if k in _LLM_OPTIONS})
+
+
+def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
+              asr_cfg: AsrConfig) -> dict:
+    torch.manual_seed(train_cfg.seed)
+    speech = build_speech_model(model_given, train_cfg, asr_cfg)
+    data = AsrDataModule(train_cfg, asr_cfg)
+    train_cfg = resolve_max_steps(train_cfg, data)
+    module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
+    run_config = {"task": "asr", "model": dataclasses.asdict(speech.llm.config),
+                  "train": dataclasses.asdict(train_cfg), "asr": dataclasses.asdict(asr_cfg)}
+    trainer = fit(module, data, train_cfg, WEIGHTS_NAME, run_config, distributed_sampler=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig) -> tuple[SpeechRWKV, Path]:
+    weights = asr_cfg.asr_weights or latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
+    if not weights:
+        raise ValueError(f"no trained weights: give --asr_weights, or train into --proj_dir "
+                         f"{train_cfg.proj_dir} first (no {WEIGHTS_NAME}-step*.pth there)")
+    speech = build_speech_model(model_given, train_cfg, asr_cfg, device=eval_device(train_cfg))
+    speech.load_trainable_state_dict(safe_torch_load(weights), source=str(weights))
+    return speech.eval(), Path(weights)
+
+
+@torch.no_grad()
+def transcribe(speech: SpeechRWKV, audio: list[np.ndarray], asr_cfg: AsrConfig, tokenizer) -> list[str]:
+    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg)]
+
+
+def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
+             asr_cfg: AsrConfig) -> dict:
+    """Corpus WER per split; hypotheses, references and a summary go to proj_dir/eval-<weights>."""
+    sources = [s for s in (asr_cfg.eval_data or train_cfg.val_file).split(",") if s]
+    if not sources:
+        raise ValueError("nothing to score: give --eval_data (comma-separated corpora) or --val_file")
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
+    tokenizer = WorldTokenizer()
+    out_dir = weights.parent / f"eval-{weights.stem}"
+    results, timing = {}, {}
+    for source in sources:
+        split = corpus_name(source)
+        dataset = speech_dataset(source, asr_cfg)
+        ids, refs, hyps, seconds = [], [], [], 0.0
+        start = time.perf_counter()
+        for batch in tqdm(speech_loader(dataset, train_cfg.micro_bsz, shuffle=False),
+                          desc=f"decoding {split}", unit="batch"):
+            if not batch["audio"]:
+                continue
+            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer)
+            ids += batch["ids"]
+            refs += batch["texts"]
+            seconds += sum(len(a) for a in batch["audio"]) / SAMPLE_RATE
+        results[split] = corpus_wer(refs, hyps)
+        timing[split] = {"audio_s": seconds, "decode_s": time.perf_counter() - start}
+        write_split_results(out_dir, split, ids, refs, hyps)
+    table = format_wer_table(results)
+    summary = {"weights": str(weights), "beam": asr_cfg.beam,
+               "splits": {name: {**r.summary(), **timing[name]} for name, r in results.items()}}
+    atomic_json_save(summary, out_dir / "summary.json")
+    print(f"\nCorpus WER of {weights} (beam {asr_cfg.beam}); files in {out_dir}\n{table}")
+    return summary
+
+
+def _audio_files(spec: str) -> list[Path]:
+    files = []
+    for item in (s for s in spec.split(",") if s):
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--audio: {path} does not exist")
+    if not files:
+        raise ValueError(f"--audio {spec!r}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
+    return files
+
+
+def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
+                asr_cfg: AsrConfig) -> dict:
+    """Transcribe --audio files/folders; print each text and the real-time factor."""
+    files = _audio_files(asr_cfg.audio)
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
+    tokenizer = WorldTokenizer()
+    texts, seconds, start = {}, 0.0, time.perf_counter()
+    for i in range(0, len(files), train_cfg.micro_bsz):
+        chunk = files[i:i + train_cfg.micro_bsz]
+        audio = [load_audio(str(f)) for f in chunk]
+        seconds += sum(len(a) for a in audio) / SAMPLE_RATE
+        for path, text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer)):
+            texts[str(path)] = text
+            print(f"{path}\t{text}", flush=True)
+    elapsed = time.perf_counter() - start
+    rtf = elapsed / seconds if seconds else float("nan")
+    print(f"{len(files)} files, {seconds:.1f} s of audio in {elapsed:.2f} s: real-time factor "
+          f"{rtf:.3f} ({eval_device(train_cfg)}, beam {asr_cfg.beam}, weights {weights})")
+    return {"texts": texts, "audio_s": seconds, "elapsed_s": elapsed, "rtf": rtf}
+
+
+def merge_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
+              asr_cfg: AsrConfig) -> dict:
+    """Write the LLM with its trained time_state (and conv) as one official .pth."""
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
+    target = weights.with_name(f"{weights.stem}-merged-llm.pth")
+    speech.export_merged_llm(target)
+    note = ("runs in the rwkv package as a state-tuned model" if not speech.llm.config.conv_kernel
+            else "has Con-RWKV conv keys: runs in this project's RWKV6 only")
+    print(f"wrote {target} ({note})")
+    return {"merged": str(target), "from": str(weights)}

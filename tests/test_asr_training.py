@@ -1,0 +1,151 @@
+"""train.py --task asr end to end on CPU with tiny models: train, resume, eval, predict, merge."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jiwer
+import pytest
+import torch
+from speech_fixtures import make_librispeech
+
+from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
+from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
+from conrwkv.io import safe_torch_load
+from conrwkv.model import RWKV6
+from conrwkv.train import run_asr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("asr")
+    train = make_librispeech(root, "train-clean-100")
+    test = make_librispeech(root, "test-clean")
+    encoder = make_tiny_encoder(root / "encoder")
+    llm = make_tiny_llm(root / "llm.pth", n_layer=2, n_embd=32)
+    return dict(root=root, train=str(train), test=str(test), encoder=str(encoder), llm=str(llm))
+
+
+def configs(setup, proj, **train):
+    base = dict(proj_dir=str(proj), data_file=setup["train"], val_file=setup["test"],
+                load_model=setup["llm"], micro_bsz=2, max_steps=6, lr_init=1e-3, lr_final=1e-4,
+                warmup_steps=0, accelerator="cpu", devices="1", seed=0)
+    base.update(train)
+    asr = AsrConfig(encoder=setup["encoder"], projector_hidden=64, beam=2)
+    return ModelConfig(), TrainConfig(**base), asr
+
+
+def val_loss(setup, weights, asr, conv=0):
+    from conrwkv.data.tokenizer import WorldTokenizer
+    from conrwkv.train.asr_data import speech_dataset
+
+    model_given = {"conv_kernel": conv} if conv else {}
+    _, train_cfg, _ = configs(setup, "unused")
+    speech = run_asr.build_speech_model(model_given, train_cfg, asr)
+    if weights:
+        speech.load_trainable_state_dict(safe_torch_load(weights))
+    data = speech_dataset(setup["test"], asr)
+    items = [data[i] for i in range(len(data))]
+    tok = WorldTokenizer()
+    with torch.no_grad():
+        return speech.loss([i["audio"] for i in items], [tok.encode(i["text"].lower()) for i in items]).item()
+
+
+def test_training_saves_only_the_trained_tensors_and_lowers_the_loss(setup, tmp_path):
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=12, save_every=6)
+    before = val_loss(setup, None, asr, conv=3)
+    run_asr.train_asr(model_cfg, {"conv_kernel": 3}, train_cfg, asr)
+    names = sorted(p.name for p in (tmp_path / "run").glob("asr-step*.pth"))
+    assert names == ["asr-step000006.pth", "asr-step000012.pth"]
+    saved = safe_torch_load(tmp_path / "run" / names[-1])
+    expected = ({f"llm.blocks.{i}.att.time_state" for i in range(2)}
+                | {f"llm.blocks.{i}.att.conv.{p}" for i in range(2) for p in ("weight", "bias")}
+                | {"projector.mlp.0.weight", "projector.mlp.0.bias", "projector.mlp.2.weight",
+                   "projector.mlp.2.bias"})
+    assert set(saved) == expected
+    resume = torch.load(tmp_path / "run" / "checkpoints" / "step12.ckpt", weights_only=False)
+    assert {k.removeprefix("model.") for k in resume["state_dict"]} == expected   # no frozen LLM
+    meta = json.loads((tmp_path / "run" / "asr-step000012.json").read_text())
+    assert meta["asr"]["encoder"] == setup["encoder"] and meta["model"]["conv_kernel"] == 3
+    assert val_loss(setup, tmp_path / "run" / names[-1], asr, conv=3) < before - 0.05
+
+
+def test_resume_loads_the_trained_tensors_and_continues(setup, tmp_path):
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=4, save_every=2)
+    run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+    step4 = safe_torch_load(tmp_path / "run" / "asr-step000004.pth")
+    train_cfg.max_steps = 6
+    run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+    names = sorted(p.name for p in (tmp_path / "run").glob("asr-step*.pth"))
+    assert names == ["asr-step000002.pth", "asr-step000004.pth", "asr-step000006.pth"]
+    step6 = safe_torch_load(tmp_path / "run" / "asr-step000006.pth")
+    moved = [k for k in step4 if not torch.equal(step4[k], step6[k])]
+    assert "llm.blocks.0.att.time_state" in moved
+    # the relaunch started from step 4's tensors, not from a fresh projector
+    fresh = run_asr.build_speech_model({}, train_cfg, asr).trainable_state_dict()
+    delta_resumed = (step6["projector.mlp.0.weight"] - step4["projector.mlp.0.weight"]).norm()
+    delta_fresh = (step6["projector.mlp.0.weight"] - fresh["projector.mlp.0.weight"]).norm()
+    assert delta_resumed < delta_fresh
+
+
+def test_eval_predict_and_merge(setup, tmp_path, capsys):
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2)
+    run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+    capsys.readouterr()
+
+    asr.eval_data = setup["test"]
+    summary = run_asr.eval_asr(model_cfg, {}, train_cfg, asr)
+    out = tmp_path / "run" / "eval-asr-step000002"
+    refs = dict(line.split(" ", 1) for line in (out / "test-clean.ref.txt").read_text().splitlines())
+    hyps = {}
+    for line in (out / "test-clean.hyp.txt").read_text().splitlines():
+        key, _, text = line.partition(" ")
+        hyps[key] = text
+    from conrwkv.eval.wer import normalize_text
+    ids = sorted(refs)
+    expected = jiwer.wer([normalize_text(refs[i]) for i in ids],
+                         [normalize_text(hyps[i]) or "<empty>" for i in ids])
+    assert summary["splits"]["test-clean"]["wer"] == pytest.approx(expected, abs=0.02)
+    assert "| test-clean |" in capsys.readouterr().out
+
+    asr.audio = setup["test"]
+    result = run_asr.predict_asr(model_cfg, {}, train_cfg, asr)
+    printed = capsys.readouterr().out
+    assert len(result["texts"]) == len(refs) and "real-time factor" in printed
+
+    merged = Path(run_asr.merge_asr(model_cfg, {}, train_cfg, asr)["merged"])
+    llm = RWKV6.from_checkpoint(merged)
+    trained = safe_torch_load(tmp_path / "run" / "asr-step000002.pth")
+    assert llm.config.state_tuning
+    torch.testing.assert_close(llm.blocks[1].att.time_state.float(),
+                               trained["llm.blocks.1.att.time_state"])
+    with pytest.raises(FileExistsError):
+        run_asr.merge_asr(model_cfg, {}, train_cfg, asr)
+
+
+def test_missing_inputs_are_clear_errors(setup, tmp_path):
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run")
+    with pytest.raises(ValueError, match="no trained weights"):
+        run_asr.eval_asr(model_cfg, {}, train_cfg, asr)
+    asr.audio = str(tmp_path / "nothing.flac")
+    with pytest.raises(FileNotFoundError, match="nothing.flac does not exist"):
+        run_asr.predict_asr(model_cfg, {}, train_cfg, asr)
+    with pytest.raises(ValueError, match="--load_model is required"):
+        run_asr.train_asr(model_cfg, {}, TrainConfig(data_file=setup["train"]), asr)
+
+
+@pytest.mark.parametrize("op", ["train", "eval", "predict"])
+def test_demo_dry_run_parses(op):
+    env = {**os.environ, "OP": op,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "demo/demo-state-tuning.sh", "--dry_run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    config = json.loads(out.stdout[out.stdout.index("{"):])
+    assert config["task"] == "asr" and config["op"] == op
+    assert config["asr"]["encoder"].endswith("data/asr-smoke/models/encoder")
+    assert config["train"]["epochs"] == 8
