@@ -57,7 +57,7 @@ fi
 proj_dir=${proj_dir:-output/asr}
 
 if [ -z "$load_model" ]; then
-  echo "demo-state-tuning: no load_model given: SMOKE configuration (tiny random models, synthetic speech)"
+  echo "demo-state-tuning: no load_model given: SMOKE configuration (tiny random models, synthetic speech)" >&2
   smoke=data/asr-smoke
   case " $* " in
     *" --dry_run "*) ;;
@@ -91,4 +91,9 @@ if [ "$OP" = all ]; then
   for op in train eval predict; do python train.py --op "$op" "$@"; done
 else
   python train.py --op "$OP" "$@"
+fi
+if [ -n "${smoke:-}" ]; then
+  echo "demo-state-tuning: that was the SMOKE configuration (tiny random models that know no" \
+       "English): its WER only shows that train, eval and predict run; set load_model and encoder" \
+       "for a real run" >&2
 fi

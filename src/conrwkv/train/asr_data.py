@@ -1,8 +1,8 @@
 """Data module for speech recognition: corpora -> utterances -> length-bucketed batches.
 
 Batches are dicts of unpadded lists (ids, audio, texts); the encoder's own feature extractor
-pads. The bucketed batch sampler shards batches over the distributed ranks itself (so the
-Trainer runs with use_distributed_sampler=False): each rank reads different utterances.
+pads. The bucketed batch sampler shards batches over the distributed ranks itself (the Trainer runs
+with use_distributed_sampler=False): each rank reads different utterances.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ overwrites a file: a name that exists already is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -48,6 +49,16 @@ def latest_weights(proj_dir: str | Path, name: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def full_parameters(trainer: L.Trainer, module) -> contextlib.AbstractContextManager:
+    """Whole parameters inside the context: under DeepSpeed ZeRO stage 3 each process holds
+    only a partition, and the weights file must hold the whole tensors."""
+    if getattr(trainer.strategy, "zero_stage_3", False):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
 class StepCheckpoint(L.Callback):
     """Save weights + a resumable checkpoint every `every` steps (0: none) and at the end."""
 
@@ -74,10 +85,12 @@ class StepCheckpoint(L.Callback):
             trainer.strategy.barrier()
             if trainer.is_global_zero:
                 os.replace(tmp, resume)
+        weights = weights_path(self.proj_dir, self.name, step)
+        with full_parameters(trainer, pl_module):        # every rank enters: a collective
+            state = pl_module.export_state_dict() if trainer.is_global_zero else None
         if trainer.is_global_zero:
-            weights = weights_path(self.proj_dir, self.name, step)
             if not weights.exists():
-                atomic_torch_save(pl_module.export_state_dict(), weights)
+                atomic_torch_save(state, weights)
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                            if isinstance(v, torch.Tensor) and v.numel() == 1}
                 atomic_json_save({"step": step, "metrics": metrics, **self.run_config},

@@ -1,4 +1,7 @@
-"""Data module for language-model training on binidx files (token corpora or Markov chains)."""
+"""Data module for language-model training on binidx files (token corpora or Markov chains).
+
+It shards the data over distributed processes itself (the Trainer runs with
+use_distributed_sampler=False), so the sharding is this project's code and is tested."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import TrainConfig
 from ..data.binidx import BinidxReader
@@ -64,15 +67,25 @@ class LMDataModule(L.LightningDataModule):
             n = min(len(self.val_set), self.cfg.val_batches * self.cfg.micro_bsz)
             self.val_set = Subset(self.val_set, np.arange(n))
 
+    def sampler(self, dataset: Dataset, shuffle: bool) -> DistributedSampler:
+        """This process's share of `dataset`: rank r of R takes every R-th sample of one order
+        (shuffled per epoch with the seed when `shuffle`), so no two processes read the same
+        sample. Training drops the remainder; validation pads it with repeats, which the
+        Bayes comparison counts the same way."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle,
+                                  seed=self.cfg.seed, drop_last=shuffle)
+
     def train_dataloader(self) -> DataLoader:
-        # Windows come in magic-prime order already; documents are shuffled (by the
-        # distributed sampler, per epoch, when there are several processes).
-        return DataLoader(self.train_set, batch_size=self.cfg.micro_bsz,
-                          shuffle=self.kind == "documents", drop_last=True,
+        # Windows come in magic-prime order already; documents are shuffled every epoch.
+        return DataLoader(self.train_set, batch_size=self.cfg.micro_bsz, drop_last=True,
+                          sampler=self.sampler(self.train_set, shuffle=self.kind == "documents"),
                           num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.cfg.micro_bsz, shuffle=False,
+        return DataLoader(self.val_set, batch_size=self.cfg.micro_bsz,
+                          sampler=self.sampler(self.val_set, shuffle=False),
                           num_workers=self.cfg.num_workers)

@@ -58,7 +58,7 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
     run_config = {"task": "asr", "model": dataclasses.asdict(speech.llm.config),
                   "train": dataclasses.asdict(train_cfg), "asr": dataclasses.asdict(asr_cfg)}
-    trainer = fit(module, data, train_cfg, WEIGHTS_NAME, run_config, distributed_sampler=False)
+    trainer = fit(module, data, train_cfg, WEIGHTS_NAME, run_config)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 

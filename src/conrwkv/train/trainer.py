@@ -74,9 +74,8 @@ def check_strategy(cfg: TrainConfig, accelerator: str) -> None:
                              f"(pip install deepspeed)")
 
 
-def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict,
-                  distributed_sampler: bool = True) -> L.Trainer:
-    """distributed_sampler=False for data modules that shard over ranks themselves."""
+def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Trainer:
+    """Data modules shard over the processes themselves: no sampler is injected by Lightning."""
     accelerator = resolve_accelerator(cfg)
     check_strategy(cfg, accelerator)
     proj = Path(cfg.proj_dir)
@@ -93,15 +92,15 @@ def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict,
         limit_val_batches=1.0 if cfg.val_every else 0, num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every, gradient_clip_val=cfg.grad_clip or None,
         logger=loggers, callbacks=callbacks, enable_checkpointing=False, default_root_dir=proj,
-        use_distributed_sampler=distributed_sampler,
+        use_distributed_sampler=False,
     )
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg: TrainConfig,
-        weights_name: str, run_config: dict, distributed_sampler: bool = True) -> L.Trainer:
+        weights_name: str, run_config: dict) -> L.Trainer:
     """Train (resuming when proj_dir has a checkpoint and cfg.resume), then validate once."""
     L.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, weights_name, run_config, distributed_sampler)
+    trainer = build_trainer(cfg, weights_name, run_config)
     ckpt = latest_resume_checkpoint(cfg.proj_dir) if cfg.resume else None
     if ckpt is not None:
         log.warning("resuming from %s", ckpt)
