@@ -360,17 +360,7 @@ WKV6_KERNEL(2 * N) wkv6_backward_kernel(const BwdParams<T, TW> p) {
                 }
                 if (hf == 0) dt[jc] = ex2(total);
             }
-            {
-                const int t = tid / G::GROUP, jg = tid % G::GROUP;
-                float rv[8], kv[8];
-                ld8(rt + t * LDT + 8 * jg, rv);
-                ld8(kt + t * LDT + 8 * jg, kv);
-                float s = 0.f;
-#pragma unroll
-                for (int qq = 0; qq < 8; ++qq) s += rv[qq] * us[8 * jg + qq] * kv[qq];
-                s = group_sum<G::GROUP>(s);
-                if (jg == 0) af[t * LDA + t] = s;
-            }
+            bonus_diagonal<N>(rt, kt, LDT, us, af, tid);
             const bool fast = !sync_or(!ok);
 
             // --- dA = dy v^T (with its diagonal dy_t . v_t) and, when factored, A

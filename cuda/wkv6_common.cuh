@@ -206,6 +206,22 @@ WKV6_DEV float group_sum(float x) {
     return x;
 }
 
+// The bonus term on the diagonal of a chunk's score tile: A[t, t] = sum_j r_t[j] u[j] k_t[j],
+// GROUP threads per time step, 8 channels each (r and k tiles of row stride ldt).
+template <int N, class T>
+WKV6_DEV void bonus_diagonal(const T* rt, const T* kt, int ldt, const float* us, float* af, int tid) {
+    using G = Geometry<N>;
+    const int t = tid / G::GROUP, jg = tid % G::GROUP;
+    float rv[8], kv[8];
+    ld8(rt + t * ldt + 8 * jg, rv);
+    ld8(kt + t * ldt + 8 * jg, kv);
+    float s = 0.f;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) s += rv[q] * us[8 * jg + q] * kv[q];
+    s = group_sum<G::GROUP>(s);
+    if (jg == 0) af[t * G::LDA + t] = s;
+}
+
 // Copy rows t0 .. t0+15 of one head ([T, H*N] with row stride `row_stride`) into a shared tile of
 // row stride `ld`; rows at or beyond T are zero filled.
 template <int N, class X>

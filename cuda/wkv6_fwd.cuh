@@ -203,17 +203,7 @@ WKV6_KERNEL(2 * N) wkv6_forward_kernel(const FwdParams<T, TW> p) {
             if (hf == 0) dt[j] = ex2(total);
         }
         // The bonus term sits on the diagonal of A: A[t, t] = sum_j r_t u k_t.
-        {
-            const int t = tid / G::GROUP, jg = tid % G::GROUP;
-            float rv[8], kv[8];
-            ld8(rt + t * LDT + 8 * jg, rv);
-            ld8(kt + t * LDT + 8 * jg, kv);
-            float s = 0.f;
-#pragma unroll
-            for (int q = 0; q < 8; ++q) s += rv[q] * us[8 * jg + q] * kv[q];
-            s = group_sum<G::GROUP>(s);
-            if (jg == 0) af[t * LDA + t] = s;
-        }
+        bonus_diagonal<N>(rt, kt, LDT, us, af, tid);
         const bool fast = !sync_or(!ok);
 
         // With 4 warps, each takes one column tile and half of the channels (two partial sums).
