@@ -2,7 +2,7 @@
 # RWKV-ICL: train Con-RWKV from scratch on binary Markov chains (each chain with its own
 # transition table) and compare its loss with the Bayes-optimal in-context estimator.
 #
-# Hardware: the default below runs on a CPU (2 cores) in about 2 minutes, making its data
+# Hardware: the default below runs on a CPU (2 cores) in about 3 minutes, making its data
 # first if missing (a few seconds), and ends within ~0.01 nats of Bayes-optimal for ORDER=1.
 # For the order x kernel sweep on a GPU see demo/demo-icl-sweep.sh.
 #
