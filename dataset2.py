@@ -1,8 +1,12 @@
 """Speech data command line for RWKV-ASR: a synthetic LibriSpeech-format corpus for offline runs,
-and JSONL manifests from any supported speech source. The logic lives in conrwkv.data.synth and
-conrwkv.data.speech; this file only reads flags.
+its compact Opus pack for carrying to another machine, English LM text from the same source,
+and JSONL manifests from any supported speech source. The logic lives in conrwkv.data.synth,
+corpus_pack, wordnet_text and speech; this file only reads flags.
 
     python dataset2.py synth --out data/synth --train 200 --dev 40 --test_clean 40 --test_other 40
+    python dataset2.py pack --corpus data/synth --out data/synth.tar
+    python dataset2.py unpack --pack data/synth.tar --out data/synth
+    python dataset2.py lmtext --corpus data/synth --out data/wordnet-lm
     python dataset2.py manifest --source data/LibriSpeech --split test-clean --out test-clean.jsonl
 """
 
@@ -12,6 +16,7 @@ import argparse
 import logging
 import math
 
+from conrwkv.data.corpus_pack import pack_corpus, unpack_corpus
 from conrwkv.data.speech import load_corpus, write_manifest
 from conrwkv.data.synth import (
     DEFAULT_HELDOUT_VOICES,
@@ -20,6 +25,7 @@ from conrwkv.data.synth import (
     SynthConfig,
     synthesize_corpus,
 )
+from conrwkv.data.wordnet_text import corpus_transcripts, write_wordnet_lm_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +66,45 @@ def build_parser() -> argparse.ArgumentParser:
                             "wordnet-base is missing")
     synth.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
+    pack = commands.add_parser(
+        "pack", help="pack a LibriSpeech-layout corpus into one tar of Opus audio (about 20x smaller)",
+        description="Encode every FLAC of a corpus as Opus (lossy, about 10 kbit/s at compression "
+                    "level 1) into one tar with its transcripts and meta.json, to carry a corpus "
+                    "where its FLAC files would not fit; unpack restores the layout.")
+    pack.add_argument("--corpus", required=True, help="corpus folder (e.g. made by synth)")
+    pack.add_argument("--out", required=True, help="tar file to write (must not exist)")
+    pack.add_argument("--compression_level", type=float, default=1.0,
+                      help="Opus compression level in [0, 1] as libsndfile takes it (1: smallest)")
+    pack.add_argument("--workers", type=int, default=0, help="encoder processes (0: one per CPU core)")
+    pack.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+    unpack = commands.add_parser(
+        "unpack", help="restore a packed corpus as 16-bit FLAC in the LibriSpeech layout",
+        description="Decode a tar written by pack into a new folder; its meta.json records the "
+                    "lossy round trip under 'transport'.")
+    unpack.add_argument("--pack", required=True, help="tar file written by pack")
+    unpack.add_argument("--out", required=True, help="new (or empty) corpus folder")
+    unpack.add_argument("--workers", type=int, default=0, help="decoder processes (0: one per CPU core)")
+    unpack.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+    lmtext = commands.add_parser(
+        "lmtext", help="write WordNet glosses and examples as LM training text (binidx, World tokens)",
+        description="Write <out>/train.{bin,idx}: every WordNet definition and example sentence, "
+                    "normalised like the recogniser's targets (lowercase words, no punctuation), one "
+                    "document each ending in token 0; the transcripts of --exclude_splits of --corpus "
+                    "are left out, and those of --val_splits become <out>/val.{bin,idx}.")
+    lmtext.add_argument("--corpus", required=True, help="speech corpus whose test text must stay unseen")
+    lmtext.add_argument("--out", required=True, help="output folder for train/val binidx files")
+    lmtext.add_argument("--exclude_splits", nargs="+", default=["dev", "test-clean", "test-other"],
+                        help="splits of --corpus whose transcripts are left out of the LM text")
+    lmtext.add_argument("--val_splits", nargs="*", default=["dev"],
+                        help="splits of --corpus whose transcripts become the LM validation text")
+    lmtext.add_argument("--copy_fraction", type=float, default=0.0,
+                        help="share of texts also written as 'text # text', the recogniser's layout, "
+                             "so that a small LM learns to repeat what it read (0: none)")
+    lmtext.add_argument("--separator", default="#",
+                        help="separator of the copy documents (AsrConfig.separator)")
+
     manifest = commands.add_parser(
         "manifest", help="write a JSONL manifest (id, audio, text, duration) from any supported source",
         description="Read a LibriSpeech split folder, a datasets save_to_disk folder or a JSONL manifest "
@@ -94,6 +139,16 @@ def main(argv: list[str] | None = None) -> None:
                              min_words=args.min_words, max_words=args.max_words)
         synthesize_corpus(args.out, config, workers=args.workers or None,
                           install_missing=not args.no_install, progress=not args.no_progress)
+    elif args.command == "pack":
+        pack_corpus(args.corpus, args.out, args.compression_level, workers=args.workers or None,
+                    progress=not args.no_progress)
+    elif args.command == "unpack":
+        unpack_corpus(args.pack, args.out, workers=args.workers or None, progress=not args.no_progress)
+    elif args.command == "lmtext":
+        write_wordnet_lm_data(args.out, exclude=corpus_transcripts(args.corpus, args.exclude_splits),
+                              val_texts=corpus_transcripts(args.corpus, args.val_splits)
+                              if args.val_splits else (), copy_fraction=args.copy_fraction,
+                              separator=args.separator)
     else:
         utterances = load_corpus(args.source, args.split, text_column=args.text_column,
                                  skip_bad_audio=args.skip_bad_audio, min_duration=args.min_duration,

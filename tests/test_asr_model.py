@@ -137,6 +137,56 @@ def test_exactly_the_intended_parameters_train(model_dir, conv, projector, encod
     assert all(p.dtype == torch.float32 for p in saved.values())
 
 
+@pytest.mark.parametrize("train_state,conv", [(False, False), (False, True), (True, False)],
+                         ids=["projector-only", "projector+conv", "state"])
+def test_train_state_flag_decides_whether_time_state_trains(model_dir, train_state, conv):
+    from conrwkv.config import TrainConfig
+    from conrwkv.data.tokenizer import WorldTokenizer
+    from conrwkv.train.asr_module import AsrModule
+
+    model = tiny_speech_rwkv(model_dir, conv_kernel=4 if conv else 0, train_state=train_state)
+    assert model.train_state is train_state
+    states = {f"llm.blocks.{i}.att.time_state": b.att.time_state for i, b in enumerate(model.llm.blocks)}
+    keys = expected_keys(conv, "linear") - (set() if train_state else set(states))
+    assert all(p.requires_grad is train_state for p in states.values())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == keys
+    assert set(model.trainable_named_parameters()) == set(model.trainable_state_dict()) == keys
+    grouped = {id(p) for g in model.parameter_groups() for p in g["params"]}
+    assert all((id(p) in grouped) is train_state for p in states.values())
+    assert all(id(p) in grouped and p.requires_grad for p in model.projector.parameters())
+    # What the training module hands the optimizer: no frozen state, no empty group.
+    optimizer = AsrModule(model, TrainConfig(), AsrConfig(train_state=train_state),
+                          WorldTokenizer()).configure_optimizers()["optimizer"]
+    optimized = [p for g in optimizer.param_groups for p in g["params"]]
+    assert all(g["params"] for g in optimizer.param_groups)
+    assert {id(p) for p in optimized} == {id(p) for p in model.trainable_named_parameters().values()}
+    assert ("state" in {g["name"] for g in optimizer.param_groups}) is train_state
+
+    loss = model.loss(random_audio([0.7], seed=7), [[40, 41]])
+    loss.backward()
+    assert model.projector.mlp[0].weight.grad.abs().sum() > 0
+    assert all((p.grad is not None) is train_state for p in states.values())
+
+
+def test_train_state_weights_and_flag(model_dir):
+    import argparse
+
+    from conrwkv.train.cli import add_dataclass_flags, take
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_flags(parser, AsrConfig, "asr")
+    assert AsrConfig().train_state is True
+    assert take(AsrConfig, parser.parse_args([]))[0].train_state is True
+    assert take(AsrConfig, parser.parse_args(["--no-train_state"]))[0].train_state is False
+    # Weights of a state-tuned run do not fit a projector-only model, and the reverse: clear errors.
+    tuned = tiny_speech_rwkv(model_dir).trainable_state_dict()
+    frozen = tiny_speech_rwkv(model_dir, train_state=False)
+    with pytest.raises(ValueError, match=r"unexpected keys \['llm.blocks.0.att.time_state'"):
+        frozen.load_trainable_state_dict(tuned)
+    with pytest.raises(ValueError, match=r"missing keys \['llm.blocks.0.att.time_state'"):
+        tiny_speech_rwkv(model_dir).load_trainable_state_dict(frozen.trainable_state_dict())
+
+
 def test_trainable_state_dict_round_trip_and_errors(model_dir, model):
     with torch.no_grad():
         for p in model.trainable_named_parameters().values():

@@ -71,6 +71,11 @@ def test_training_saves_only_the_trained_tensors_and_lowers_the_loss(setup, tmp_
     assert {k.removeprefix("model.") for k in resume["state_dict"]} == expected   # no frozen LLM
     meta = json.loads((tmp_path / "run" / "asr-step000012.json").read_text())
     assert meta["asr"]["encoder"] == setup["encoder"] and meta["model"]["conv_kernel"] == 3
+    # The sidecar says how long training took to reach its step (what the ablation table shows).
+    first = json.loads((tmp_path / "run" / "asr-step000006.json").read_text())
+    assert (first["step"], meta["step"]) == (6, 12)
+    assert all(isinstance(m["train_seconds"], float) for m in (first, meta))
+    assert 0 <= first["train_seconds"] <= meta["train_seconds"] < 600
     assert val_loss(setup, tmp_path / "run" / names[-1], asr, conv=3) < before - 0.05
 
 

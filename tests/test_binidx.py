@@ -80,6 +80,8 @@ def test_window_dataset_visits_each_window_once(tmp_path):
     sample = ds[3]
     assert sample["input"].tolist() == tokens[starts[3]:starts[3] + 32].tolist()
     assert sample["target"].tolist() == tokens[starts[3] + 1:starts[3] + 33].tolist()
+    # Subset and samplers index with numpy integers (a validation subset did once crash here).
+    assert ds[np.int64(3)]["input"].tolist() == sample["input"].tolist()
 
 
 def test_document_dataset_truncates_and_masks(tmp_path):

@@ -36,6 +36,8 @@ TINY = SynthConfig(train=4, dev=1, test_clean=2, test_other=2, seed=7,
     ("he paid 3 dollars", None),                 # digits
     ("Dr. Smith came", None),                    # abbreviation
     ("a...b", None),
+    ("the ratio of a:b is b:a", None),           # inner colon: read as a symbol
+    ("yes,no or maybe", None),
     ("caf\u00e9 au lait", None),                 # outside ASCII letters
 ])
 def test_speakable_sentences(sentence, expected):

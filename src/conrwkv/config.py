@@ -153,6 +153,9 @@ class AsrConfig:
     downsample: int = field(default=5, metadata=_help(
         "Encoder frames merged into one LLM position (5: 50 frames/s -> 10 positions/s)."))
     projector_hidden: int = field(default=2048, metadata=_help("Hidden width of the projector MLP."))
+    train_state: bool = field(default=True, metadata=_help(
+        "Train every layer's initial WKV state (state tuning). --no-train_state keeps it at zero "
+        "and trains the projector (and conv) only: the projector-only baseline."))
     separator: str = field(default="#", metadata=_help(
         "Text placed between the speech embeddings and the transcript (RWKV-ASR uses '#')."))
     lowercase: bool = field(default=True, metadata=_help(

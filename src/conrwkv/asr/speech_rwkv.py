@@ -37,10 +37,12 @@ END_OF_TEXT = 0
 
 class SpeechRWKV(nn.Module):
     def __init__(self, encoder: SpeechEncoder, projector: Projector, llm: RWKV6,
-                 separator_ids: list[int], eot_id: int = END_OF_TEXT):
+                 separator_ids: list[int], eot_id: int = END_OF_TEXT, train_state: bool = True):
         """Wire the parts together and freeze what state tuning keeps fixed.
 
-        `llm` must have been built with state_tuning=True (and conv_kernel > 0 for Con-RWKV)."""
+        `llm` must have been built with state_tuning=True (and conv_kernel > 0 for Con-RWKV).
+        train_state=False keeps the initial states frozen (at what the checkpoint holds, zero
+        for a plain World model): the projector-only baseline of SLAM-ASR."""
         super().__init__()
         if not llm.config.state_tuning:
             raise ValueError("SpeechRWKV: the LLM has no time_state; build it with state_tuning=True "
@@ -61,6 +63,7 @@ class SpeechRWKV(nn.Module):
         self.projector = projector
         self.llm = llm
         self.eot_id = eot_id
+        self.train_state = train_state
         self.register_buffer("separator_ids", torch.tensor([int(i) for i in separator_ids]),
                              persistent=False)
         self.llm.requires_grad_(False)
@@ -98,12 +101,13 @@ class SpeechRWKV(nn.Module):
         separator_ids = tokenizer.encode(asr.separator)
         if not separator_ids:
             raise ValueError(f"AsrConfig.separator {asr.separator!r} encodes to no tokens")
-        return cls(encoder, projector, llm, separator_ids).to(device)
+        return cls(encoder, projector, llm, separator_ids, train_state=asr.train_state).to(device)
 
     # ---------------------------------------------------------------- what is trained
     def _llm_adapters(self):
         for i, block in enumerate(self.llm.blocks):
-            yield f"llm.blocks.{i}.att.time_state", block.att.time_state
+            if self.train_state:
+                yield f"llm.blocks.{i}.att.time_state", block.att.time_state
             if block.att.conv is not None:
                 yield f"llm.blocks.{i}.att.conv.weight", block.att.conv.weight
                 yield f"llm.blocks.{i}.att.conv.bias", block.att.conv.bias

@@ -60,7 +60,8 @@ class WindowDataset(Dataset):
         return self.prime
 
     def window_start(self, i: int) -> int:
-        return pow((i + self.offset) % self.prime, 3, self.prime) * self.ctx_len
+        # int(): samplers and Subset hand out numpy integers, which three-argument pow refuses.
+        return pow((int(i) + self.offset) % self.prime, 3, self.prime) * self.ctx_len
 
     def __getitem__(self, i: int):
         start = self.window_start(i)

@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ FORMAT_VERSION = 1
 _SPEAKABLE = re.compile(r"[A-Za-z][A-Za-z' ,;:!?-]*[.!?]?")
 _TWO_CAPITALS_IN_A_WORD = re.compile(r"[A-Z][A-Za-z']*[A-Z]")     # acronyms, Roman numerals, McNames
 _WORD_SEPARATORS = re.compile(r"[\s-]+")
+_TRANSCRIPT_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ def speakable_sentence(sentence: str) -> tuple[str, str] | None:
     if not _SPEAKABLE.fullmatch(sentence) or _TWO_CAPITALS_IN_A_WORD.search(sentence):
         return None
     words = [w for w in (w.strip(",;:!?.'") for w in _WORD_SEPARATORS.split(sentence)) if w]
-    if not words:
+    # Punctuation inside a word ("a:b", "yes,no") is spoken as a symbol name or not at all.
+    if not words or not all(_TRANSCRIPT_WORD.fullmatch(w) for w in words):
         return None
     return sentence.replace("-", " "), " ".join(words).upper()
 
@@ -164,8 +167,22 @@ def load_sentences(min_words: int = 3, max_words: int = 12,
     """Speakable WordNet example sentences as (spoken, transcript), in file order, one per
     distinct transcript, with min_words..max_words words."""
     sentences, seen = [], set()
+    for gloss in wordnet_glosses(wordnet_dir):
+        for example in re.findall(r'"([^"]+)"', gloss):
+            pair = speakable_sentence(example)
+            if pair is None or pair[1] in seen:
+                continue
+            if min_words <= len(pair[1].split()) <= max_words:
+                seen.add(pair[1])
+                sentences.append(pair)
+    return sentences
+
+
+def wordnet_glosses(wordnet_dir: Path = WORDNET_DIR) -> Iterator[str]:
+    """The gloss of every synset in the WordNet data files, in file order: its definition(s)
+    separated by ";" and its quoted example sentences."""
     for name in WORDNET_FILES:
-        path = wordnet_dir / name
+        path = Path(wordnet_dir) / name
         if not path.is_file():
             raise FileNotFoundError(f"WordNet file {path} is missing: install the Debian package "
                                     "wordnet-base")
@@ -173,14 +190,7 @@ def load_sentences(min_words: int = 3, max_words: int = 12,
             # Lines starting with spaces are the licence header; the gloss follows " | ".
             if line.startswith(" ") or " | " not in line:
                 continue
-            for example in re.findall(r'"([^"]+)"', line.split(" | ", 1)[1]):
-                pair = speakable_sentence(example)
-                if pair is None or pair[1] in seen:
-                    continue
-                if min_words <= len(pair[1].split()) <= max_words:
-                    seen.add(pair[1])
-                    sentences.append(pair)
-    return sentences
+            yield line.split(" | ", 1)[1]
 
 
 # ---------------------------------------------------------------------------------------------

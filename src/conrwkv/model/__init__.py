@@ -1,7 +1,8 @@
 """The RWKV-6 / Con-RWKV language model and its recurrent state."""
 
 from ..config import ModelConfig
+from .graph_step import RNNStepper, initial_state
 from .rwkv6 import RWKV6
 from .state import LayerState, RWKVState
 
-__all__ = ["LayerState", "ModelConfig", "RWKV6", "RWKVState"]
+__all__ = ["LayerState", "ModelConfig", "RNNStepper", "RWKV6", "RWKVState", "initial_state"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from pathlib import Path
 
 import lightning as L
@@ -65,6 +66,12 @@ class StepCheckpoint(L.Callback):
     def __init__(self, proj_dir: str | Path, name: str, every: int, run_config: dict):
         self.proj_dir, self.name, self.every, self.run_config = Path(proj_dir), name, every, run_config
         self.last_saved_step = -1
+        self.started = None
+
+    def on_train_start(self, trainer, pl_module):
+        # Wall time of this process's training, for the weights' sidecar (a resumed run counts
+        # from its resume).
+        self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -93,6 +100,8 @@ class StepCheckpoint(L.Callback):
                 atomic_torch_save(state, weights)
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                            if isinstance(v, torch.Tensor) and v.numel() == 1}
-                atomic_json_save({"step": step, "metrics": metrics, **self.run_config},
+                seconds = None if self.started is None else round(time.perf_counter() - self.started, 1)
+                atomic_json_save({"step": step, "metrics": metrics, "train_seconds": seconds,
+                                  **self.run_config},
                                  weights.with_suffix(".json"))
         trainer.strategy.barrier()

@@ -1,0 +1,144 @@
+#!/bin/sh
+# RWKV-ASR offline: the SLAM-ASR recipe at small scale with nothing downloaded, to measure whether
+# state tuning through a frozen encoder and a frozen RWKV-6 learns to transcribe, with an ablation.
+#
+#   prepare  (CPU, where espeak-ng and flite install: about 10 minutes on 2 cores)
+#            synthetic corpus (dataset2.py synth), its Opus pack for carrying (dataset2.py pack),
+#            and English LM text from WordNet minus the dev/test sentences (dataset2.py lmtext)
+#   encoder  (GPU, 450 s on an H100 with ENC_TIME_LIMIT=450) a small HuBERT trained with CTC on the training split (HubertForCTC,
+#            save_pretrained): the stand-in for hubert-large-ls960-ft; greedy CTC WER per split
+#   lm       (GPU, 100 s) a small RWKV-6 pretrained on the LM text, saved as an official .pth
+#   slam     (GPU, 6 min with PARALLEL_RUNS=1) both frozen; trained: projector only / projector + state / projector + state +
+#            conv; corpus WER on test-clean (seen voices) and test-other (held-out voices), and
+#            one table of all three (ablation.md, ablation.json)
+#
+# Usage:  STAGES="prepare" sh demo/demo-asr-offline.sh          (stages run in the order given)
+#         STAGES="encoder lm slam" sh demo/demo-asr-offline.sh
+# The encoder and lm stages are independent and can run at the same time on one GPU. A stage
+# whose result exists is skipped (delete its folder to redo it). Measured results, with what
+# limits them at this scale: docs/results.md.
+set -eu
+
+STAGES=${STAGES:-prepare encoder lm slam}
+DATA=${DATA:-data/asr-offline}
+RUN_DIR=${RUN_DIR:-output/asr-offline}
+
+# ---- corpus (prepare) ----
+N_TRAIN=${N_TRAIN:-8000}          # utterances, seen voices
+N_DEV=${N_DEV:-300}
+N_TEST_CLEAN=${N_TEST_CLEAN:-500} # seen voices, unseen sentences
+N_TEST_OTHER=${N_TEST_OTHER:-500} # held-out voices, unseen sentences
+
+# ---- encoder: HubertForCTC trained from random weights ----
+ENC_STEPS=${ENC_STEPS:-6000}
+ENC_BATCH=${ENC_BATCH:-32}
+ENC_LR=${ENC_LR:-1.5e-3}
+ENC_TIME_LIMIT=${ENC_TIME_LIMIT:-0}   # seconds: stop early and keep the model (0: run all steps)
+
+# ---- language model ----
+LM_LAYERS=${LM_LAYERS:-6}
+LM_EMBD=${LM_EMBD:-384}
+LM_CTX=${LM_CTX:-128}
+LM_BSZ=${LM_BSZ:-64}
+LM_STEPS=${LM_STEPS:-600}      # 1.77M tokens: a 1200-step run overfitted after step 400 (docs/results.md)
+LM_LR=${LM_LR:-1e-3}
+LM_COPY_FRACTION=${LM_COPY_FRACTION:-0}   # >0: also "text # text" documents (wordnet_text.py); 0.5 did worse
+
+# ---- SLAM state tuning ----
+ASR_BSZ=${ASR_BSZ:-16}
+ASR_EPOCHS=${ASR_EPOCHS:-6}
+ASR_LR_STATE=${ASR_LR_STATE:-1.0}
+ASR_LR_ADAPTER=${ASR_LR_ADAPTER:-1e-3}
+ASR_BEAM=${ASR_BEAM:-1}
+CONV_KERNEL=${CONV_KERNEL:-3}
+PARALLEL_RUNS=${PARALLEL_RUNS:-0}   # 1: train the three configurations at the same time
+PRECISION=${PRECISION:-auto}
+
+CORPUS=$DATA/corpus
+PACK=$DATA/corpus.tar
+LM_TEXT=${LM_TEXT:-$DATA/lm-text}
+
+ensure_corpus() {
+  if [ -f "$CORPUS/meta.json" ]; then return; fi
+  if [ ! -f "$PACK" ]; then
+    echo "demo-asr-offline: no corpus in $CORPUS and no pack $PACK: run STAGES=prepare first" >&2
+    exit 1
+  fi
+  python dataset2.py unpack --pack "$PACK" --out "$CORPUS" --no_progress
+}
+
+stage_prepare() {
+  python dataset2.py synth --out "$CORPUS" --train "$N_TRAIN" --dev "$N_DEV" \
+    --test_clean "$N_TEST_CLEAN" --test_other "$N_TEST_OTHER" --no_progress
+  [ -f "$PACK" ] || python dataset2.py pack --corpus "$CORPUS" --out "$PACK" --no_progress
+  [ -f "$LM_TEXT/train.idx" ] || python dataset2.py lmtext --corpus "$CORPUS" --out "$LM_TEXT" \
+    --copy_fraction "$LM_COPY_FRACTION"
+}
+
+stage_encoder() {
+  if [ -f "$RUN_DIR/encoder/ctc_results.json" ]; then echo "encoder: $RUN_DIR/encoder exists, kept"; return; fi
+  ensure_corpus
+  rm -rf "$RUN_DIR/encoder"
+  python -m conrwkv.asr.ctc_encoder --train_data "$CORPUS/train" \
+    --eval_data "$CORPUS/dev,$CORPUS/test-clean,$CORPUS/test-other" --out "$RUN_DIR/encoder" \
+    --steps "$ENC_STEPS" --batch_size "$ENC_BATCH" --lr "$ENC_LR" --time_limit "$ENC_TIME_LIMIT" \
+    --no_progress
+}
+
+lm_weights() { ls "$RUN_DIR"/lm/rwkv-step*.pth 2>/dev/null | tail -n 1; }
+
+stage_lm() {
+  if [ -n "$(lm_weights)" ]; then echo "lm: $(lm_weights) exists, kept"; return; fi
+  python train.py --task lm --op train --data_file "$LM_TEXT/train" --val_file "$LM_TEXT/val" \
+    --n_layer "$LM_LAYERS" --n_embd "$LM_EMBD" --head_size 64 --ctx_len "$LM_CTX" \
+    --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final 1e-4 \
+    --warmup_steps 50 --val_every 100 --val_batches 4 --precision "$PRECISION" \
+    --devices 1 --proj_dir "$RUN_DIR/lm"
+}
+
+# name, then extra flags
+slam_run() {
+  name=$1; shift
+  python train.py --task asr --op train --load_model "$(lm_weights)" --encoder "$RUN_DIR/encoder" \
+    --data_file "$CORPUS/train" --val_file "$CORPUS/dev" --micro_bsz "$ASR_BSZ" --epochs "$ASR_EPOCHS" \
+    --lr_state_init "$ASR_LR_STATE" --lr_init "$ASR_LR_ADAPTER" --lr_final 1e-5 --warmup_steps 50 \
+    --precision "$PRECISION" --devices 1 --proj_dir "$RUN_DIR/slam-$name" "$@"
+  python train.py --task asr --op eval --load_model "$(lm_weights)" --encoder "$RUN_DIR/encoder" \
+    --eval_data "$CORPUS/test-clean,$CORPUS/test-other" --micro_bsz "$ASR_BSZ" --beam "$ASR_BEAM" \
+    --precision "$PRECISION" --devices 1 --proj_dir "$RUN_DIR/slam-$name" "$@"
+}
+
+stage_slam() {
+  ensure_corpus
+  if [ -z "$(lm_weights)" ] || [ ! -f "$RUN_DIR/encoder/config.json" ]; then
+    echo "demo-asr-offline: the slam stage needs the encoder and lm stages first" >&2
+    exit 1
+  fi
+  if [ "$PARALLEL_RUNS" = 1 ]; then
+    slam_run projector --no-train_state > "$RUN_DIR/slam-projector.log" 2>&1 & p1=$!
+    slam_run state > "$RUN_DIR/slam-state.log" 2>&1 & p2=$!
+    slam_run state-conv --conv_kernel "$CONV_KERNEL" > "$RUN_DIR/slam-state-conv.log" 2>&1 & p3=$!
+    failed=0
+    for p in $p1 $p2 $p3; do wait "$p" || failed=1; done
+    if [ "$failed" = 1 ]; then
+      echo "demo-asr-offline: a SLAM run failed; see $RUN_DIR/slam-*.log" >&2
+      exit 1
+    fi
+  else
+    slam_run projector --no-train_state
+    slam_run state
+    slam_run state-conv --conv_kernel "$CONV_KERNEL"
+  fi
+  python -m conrwkv.eval.asr_ablation --run "projector only=$RUN_DIR/slam-projector" \
+    --run "projector + state=$RUN_DIR/slam-state" \
+    --run "projector + state + conv (k=$CONV_KERNEL)=$RUN_DIR/slam-state-conv" \
+    --json "$RUN_DIR/ablation.json" | tee "$RUN_DIR/ablation.md"
+}
+
+mkdir -p "$RUN_DIR"
+for stage in $STAGES; do
+  case $stage in
+    prepare|encoder|lm|slam) "stage_$stage" ;;
+    *) echo "demo-asr-offline: unknown stage $stage (prepare, encoder, lm, slam)" >&2; exit 1 ;;
+  esac
+done

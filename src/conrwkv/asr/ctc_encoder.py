@@ -1,0 +1,271 @@
+"""Train a small HuBERT-architecture speech encoder with CTC on a LibriSpeech-layout corpus, and
+save it the way a CTC-fine-tuned HuBERT is published (HubertForCTC + feature extractor + CTC
+tokenizer, `save_pretrained`), so that SpeechEncoder loads it like hubert-large-ls960-ft.
+
+Why: SLAM-ASR's encoder is a self-supervised model fine-tuned with CTC on LibriSpeech, so its
+last layer already says which letters were spoken. No such model can be downloaded here, so the
+offline experiment (demo/demo-asr-offline.sh) trains a small one from random weights on the
+synthetic corpus's training split. HuBERT's self-supervised pretraining is left out: with a few
+hours of speech from a few voices it would add little, and CTC alone learns the letters.
+
+Letters: CTC over 28 symbols plus the blank: A-Z, the apostrophe and the word separator "|",
+as in the published CTC heads. Training: AdamW, linear warm-up then linear decay, length-
+bucketed batches, SpecAugment time masking (HuBERT's own mask_time_prob), bf16 autocast on a
+GPU. After training, greedy CTC decoding gives each evaluation split's corpus WER, the
+encoder's own accuracy before any language model is involved.
+
+    python -m conrwkv.asr.ctc_encoder --train_data corpus/train \\
+        --eval_data corpus/test-clean,corpus/test-other --out models/encoder --steps 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.speech import LengthBucketBatchSampler, load_audio, load_corpus
+from ..eval.wer import corpus_wer
+from ..io import atomic_json_save
+
+log = logging.getLogger(__name__)
+
+BLANK, WORD_SEPARATOR = "<pad>", "|"
+LETTERS = (BLANK, WORD_SEPARATOR, "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+LETTER_ID = {c: i for i, c in enumerate(LETTERS)}
+
+
+@dataclass
+class CtcEncoderConfig:
+    """Shape of the encoder and its training; the defaults are the offline experiment's."""
+
+    hidden_size: int = field(default=256, metadata={"help": "transformer width"})
+    layers: int = field(default=6, metadata={"help": "transformer layers"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    ffn: int = field(default=1024, metadata={"help": "feed-forward width"})
+    conv_dim: int = field(default=256, metadata={"help": "channels of each of the 7 conv front-end layers"})
+    mask_time_prob: float = field(default=0.05, metadata={"help": "SpecAugment time-mask probability"})
+    layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a layer in training"})
+    steps: int = field(default=6000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "utterances per step"})
+    lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate"})
+    warmup: int = field(default=500, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, batches and masks"})
+
+
+def text_to_ids(text: str) -> list[int]:
+    """Uppercase transcript -> letter ids; spaces become the word separator. Unknown characters
+    are an error: they would silently teach the model to skip what was said."""
+    ids = []
+    for char in " ".join(text.upper().split()):
+        symbol = WORD_SEPARATOR if char == " " else char
+        if symbol not in LETTER_ID or symbol == BLANK:
+            raise ValueError(f"transcript {text!r} has the character {char!r}, which the CTC "
+                             f"alphabet (A-Z, apostrophe, space) does not hold")
+        ids.append(LETTER_ID[symbol])
+    return ids
+
+
+def greedy_ctc_text(frame_ids: np.ndarray) -> str:
+    """Best path to text: merge repeats, drop blanks, separators become spaces."""
+    out, previous = [], None
+    for i in frame_ids.tolist():
+        if i != previous and i != LETTER_ID[BLANK]:
+            out.append(" " if i == LETTER_ID[WORD_SEPARATOR] else LETTERS[i])
+        previous = i
+    return " ".join("".join(out).split())
+
+
+def build_model(config: CtcEncoderConfig):
+    from transformers import HubertConfig, HubertForCTC
+
+    hubert = HubertConfig(
+        hidden_size=config.hidden_size, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads, intermediate_size=config.ffn,
+        conv_dim=(config.conv_dim,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True,
+        mask_time_prob=config.mask_time_prob, layerdrop=config.layerdrop,
+        vocab_size=len(LETTERS), pad_token_id=LETTER_ID[BLANK],
+        ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    return HubertForCTC(hubert)
+
+
+def build_processor_parts(folder: Path):
+    """The feature extractor and CTC tokenizer saved beside the model (the published layout)."""
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.json"
+    vocab.write_text(json.dumps(LETTER_ID))
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab), pad_token=BLANK, word_delimiter_token=WORD_SEPARATOR,
+                                     unk_token=BLANK)
+    return extractor, tokenizer
+
+
+def _load_split(source: str) -> tuple[list[str], list[np.ndarray], list[str]]:
+    utterances = load_corpus(source)
+    audio = [load_audio(u.audio, u.audio_name) for u in tqdm(utterances, desc=f"load {Path(source).name}",
+                                                                unit="utt", leave=False)]
+    return [u.id for u in utterances], audio, [u.text for u in utterances]
+
+
+def _batch_inputs(extractor, audio: list[np.ndarray], device) -> dict[str, torch.Tensor]:
+    inputs = extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt",
+                       return_attention_mask=True)
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def _lr_factor(step: int, config: CtcEncoderConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup))
+
+
+def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig,
+                      eval_data: list[str] = (), device: str = "auto", progress: bool = True,
+                      time_limit: float = 0.0) -> dict:
+    """Train, save to `out` (save_pretrained folder) and score `eval_data`; returns the results
+    written to `out/ctc_results.json`. With `time_limit` (seconds of training, 0: none) training
+    stops early when it runs out (after one step at least), and the model is still saved and
+    scored; the results then say how many steps were made."""
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a model; choose a new --out")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    extractor, tokenizer = build_processor_parts(out)
+    ids, audio, texts = _load_split(train_data)
+    labels = [torch.tensor(text_to_ids(t)) for t in texts]
+    sampler = LengthBucketBatchSampler([len(a) / 16000 for a in audio], config.batch_size, seed=config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model.train()
+    losses, step, epoch, start = [], 0, 0, time.time()
+    bar = tqdm(total=config.steps, desc="ctc", unit="step", disable=not progress)
+    stopped_early = False
+    while step < config.steps and not stopped_early:
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            if step >= config.steps:
+                break
+            # At least one step is made: a model saved untrained would pass for a result.
+            if time_limit and step and time.time() - start > time_limit:
+                log.warning("time limit of %.0f s reached after %d of %d steps: saving this model",
+                            time_limit, step, config.steps)
+                stopped_early = True
+                break
+            inputs = _batch_inputs(extractor, [audio[i] for i in batch], device)
+            target = torch.nn.utils.rnn.pad_sequence([labels[i] for i in batch], batch_first=True,
+                                                     padding_value=-100).to(device)
+            with autocast:
+                loss = model(**inputs, labels=target).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            # Kept on the device: reading each loss back would wait for the GPU every step.
+            losses.append(loss.detach())
+            step += 1
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{float(torch.stack(losses[-50:]).mean()):.3f}")
+        epoch += 1
+    bar.close()
+    train_seconds = time.time() - start
+    losses = torch.stack(losses).float().cpu().numpy()
+    # fp16 halves the folder; SpeechEncoder loads it at the dtype it is asked for.
+    model.half().save_pretrained(out)
+    model.float()
+    extractor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    results = {"config": asdict(config), "train_data": train_data, "train_utterances": len(ids),
+               "steps_done": step, "stopped_early": stopped_early,
+               "epochs": epoch, "train_seconds": round(train_seconds, 1), "device": _device_name(device),
+               "loss_first_50": float(np.mean(losses[:50])), "loss_last_50": float(np.mean(losses[-50:])),
+               "loss_every_50": [round(float(np.mean(losses[i:i + 50])), 4)
+                                 for i in range(0, len(losses), 50)],
+               "eval": {}}
+    for source in eval_data:
+        split_ids, split_audio, split_texts = _load_split(source)
+        hypotheses = transcribe(model, extractor, split_audio, device)
+        wer = corpus_wer(split_texts, hypotheses)
+        results["eval"][Path(source).name] = wer.summary()
+        log.info("CTC greedy WER on %s: %.2f%% (%d utterances)", source, 100 * wer.wer, len(split_ids))
+    atomic_json_save(results, out / "ctc_results.json")
+    return results
+
+
+@torch.no_grad()
+def transcribe(model, extractor, audio: list[np.ndarray], device, batch_size: int = 32) -> list[str]:
+    """Greedy CTC transcripts, in the order of `audio`."""
+    was_training = model.training
+    model.eval()
+    texts: list[str] = [""] * len(audio)
+    order = sorted(range(len(audio)), key=lambda i: -len(audio[i]))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin:begin + batch_size]
+        inputs = _batch_inputs(extractor, [audio[i] for i in rows], device)
+        with autocast:
+            logits = model(**inputs).logits
+        frames = model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1))
+        best = logits.argmax(-1).cpu().numpy()
+        for row, i in enumerate(rows):
+            texts[i] = greedy_ctc_text(best[row, :int(frames[row])])
+    model.train(was_training)
+    return texts
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_data", required=True,
+                   help="LibriSpeech-layout split folder or manifest to train on")
+    p.add_argument("--eval_data", default="",
+                   help="comma-separated splits scored by greedy CTC after training")
+    p.add_argument("--out", required=True, help="new folder for the save_pretrained encoder")
+    p.add_argument("--device", default="auto", help="torch device (auto: cuda when there is one)")
+    p.add_argument("--time_limit", type=float, default=0.0,
+                   help="stop training after this many seconds and save what there is (0: no limit)")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    for name, f in CtcEncoderConfig.__dataclass_fields__.items():
+        p.add_argument(f"--{name}", type=type(f.default), default=f.default,
+                       help=f"{f.metadata['help']} (default {f.default})")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = CtcEncoderConfig(**{k: getattr(args, k) for k in CtcEncoderConfig.__dataclass_fields__})
+    eval_data = [s for s in args.eval_data.split(",") if s]
+    results = train_ctc_encoder(args.train_data, args.out, config, eval_data, args.device,
+                                progress=not args.no_progress, time_limit=args.time_limit)
+    summary_keys = ("steps_done", "train_seconds", "loss_first_50", "loss_last_50")
+    print(json.dumps({k: results[k] for k in summary_keys}))
+    for split, summary in results["eval"].items():
+        print(f"{split}: CTC greedy WER {100 * summary['wer']:.2f}%")
+    return 0 if all(math.isfinite(r["wer"]) for r in results["eval"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""One table from several `train.py --task asr` runs: corpus WER per split of each run's latest
+trained weights, with the steps, training time and decoding time that produced it.
+
+    python -m conrwkv.eval.asr_ablation --run "projector=output/p" --run "+ state=output/s" \\
+        --json output/ablation.json
+
+Each run folder must hold `asr-step<N>.pth` with its `.json` sidecar (written by training) and
+`eval-asr-step<N>/summary.json` (written by `--op eval`) for the same N: a table row never mixes
+the WER of one checkpoint with the steps of another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..io import atomic_json_save
+from ..train.checkpoint import latest_weights
+
+WEIGHTS_NAME = "asr"
+
+
+def run_row(label: str, folder: str | Path) -> dict:
+    """The facts of one run's latest weights; names the missing file when something is absent."""
+    weights = latest_weights(folder, WEIGHTS_NAME)
+    if weights is None:
+        raise FileNotFoundError(f"run {label!r}: no {WEIGHTS_NAME}-step*.pth in {folder}")
+    sidecar, summary = weights.with_suffix(".json"), weights.parent / f"eval-{weights.stem}" / "summary.json"
+    for path, made_by in ((sidecar, "training"), (summary, "train.py --op eval")):
+        if not path.is_file():
+            raise FileNotFoundError(f"run {label!r}: {path} is missing (written by {made_by})")
+    meta, evaluated = json.loads(sidecar.read_text()), json.loads(summary.read_text())
+    return {"label": label, "folder": str(folder), "weights": str(weights), "step": meta["step"],
+            "train_seconds": meta.get("train_seconds"), "beam": evaluated["beam"],
+            "splits": {name: {"wer": s["wer"], "utterances": s["utterances"], "words": s["reference_words"],
+                              "decode_seconds": s.get("decode_s")}
+                       for name, s in evaluated["splits"].items()}}
+
+
+def format_table(rows: list[dict]) -> str:
+    splits = list(dict.fromkeys(name for row in rows for name in row["splits"]))
+    head = ["configuration", "steps", "train (s)", *[f"WER {s} (%)" for s in splits], "beam"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        seconds = "" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}"
+        wers = [f"{100 * row['splits'][s]['wer']:.2f}" if s in row["splits"] else "" for s in splits]
+        cells = [row["label"], str(row["step"]), seconds, *wers, str(row["beam"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER",
+                   help="a run's table label and its --proj_dir (split at the last =); repeat for "
+                        "each run, in table order")
+    p.add_argument("--json", default="", help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    rows = []
+    for spec in args.run:
+        label, sep, folder = spec.rpartition("=")
+        if not sep or not label or not folder:
+            p.error(f"--run {spec!r} is not LABEL=FOLDER")
+        rows.append(run_row(label, folder))
+    print(format_table(rows))
+    if args.json:
+        atomic_json_save({"runs": rows}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

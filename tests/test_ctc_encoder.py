@@ -1,0 +1,211 @@
+"""CTC speech encoder: the letter alphabet, greedy CTC decoding, and tiny CPU training runs that
+save a HubertForCTC folder SpeechEncoder loads, score their eval splits, and honour time_limit."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import jiwer
+import numpy as np
+import pytest
+import torch
+from asr_factories import one_torch_thread
+from speech_fixtures import make_librispeech
+
+from conrwkv.asr import ctc_encoder
+from conrwkv.asr.ctc_encoder import (
+    LETTER_ID,
+    LETTERS,
+    CtcEncoderConfig,
+    greedy_ctc_text,
+    text_to_ids,
+    train_ctc_encoder,
+)
+from conrwkv.data.speech import load_audio, load_corpus
+from conrwkv.eval.wer import normalize_text
+
+pytest.importorskip("transformers")
+
+TINY = CtcEncoderConfig(hidden_size=32, layers=1, heads=2, ffn=64, conv_dim=16, steps=3, batch_size=2)
+TINY_FLAGS = ["--hidden_size", "32", "--layers", "1", "--heads", "2", "--ffn", "64", "--conv_dim", "16",
+              "--batch_size", "2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ctc")
+    return {"root": root, "train": str(make_librispeech(root, "train")),
+            "test": str(make_librispeech(root, "test-clean"))}
+
+
+class TranscribeSpy:
+    """Wraps ctc_encoder.transcribe and keeps what it returned."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        self._real = ctc_encoder.transcribe
+        monkeypatch.setattr(ctc_encoder, "transcribe", self)
+
+    def __call__(self, *args, **kwargs):
+        texts = self._real(*args, **kwargs)
+        self.calls.append(texts)
+        return texts
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """One full 3-step run with test-clean scored, and the hypotheses its scoring saw."""
+    out = tmp_path_factory.mktemp("trained") / "encoder"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        spy = TranscribeSpy(monkeypatch)
+        results = train_ctc_encoder(corpus["train"], out, TINY, [corpus["test"]], device="cpu",
+                                    progress=False)
+    return out, results, spy.calls
+
+
+def _conv_frames(samples: int) -> int:
+    """Frames of HuBERT's 7-layer conv front end (kernels 10,3,3,3,3,2,2; strides 5,2,...)."""
+    for kernel, stride in zip((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)):
+        samples = (samples - kernel) // stride + 1
+    return samples
+
+
+def _ids(letters: str) -> list[int]:
+    return [LETTER_ID["|" if c == " " else c] for c in letters]
+
+
+# ---------------------------------------------------------------- alphabet and decoding
+def test_text_to_ids():
+    assert LETTERS[:3] == ("<pad>", "|", "'") and len(LETTERS) == 29
+    assert text_to_ids("AB C") == [3, 4, 1, 5]
+    assert text_to_ids("  the  cat's\tZ ") == _ids("THE CAT'S Z")
+    assert text_to_ids("") == []
+    with pytest.raises(ValueError, match=r"'A:B' has the character ':'"):
+        text_to_ids("A:B")
+    with pytest.raises(ValueError, match=r"has the character '1'"):
+        text_to_ids("ROOM 101")
+    with pytest.raises(ValueError, match="has the character '<'"):
+        text_to_ids("<pad>")
+
+
+def test_greedy_ctc_text_by_hand():
+    blank, sep = LETTER_ID["<pad>"], LETTER_ID["|"]
+    h, e, l, o, w = (LETTER_ID[c] for c in "HELOW")    # noqa: E741
+    frames = np.array([blank, h, h, blank, e, l, l, blank, l, o, sep, sep, blank, w, w, blank])
+    assert greedy_ctc_text(frames) == "HELLO W"
+    # separators at the ends, repeated or split by blanks collapse to single inner spaces
+    assert greedy_ctc_text(np.array([sep, h, sep, blank, sep, e, sep])) == "H E"
+    assert greedy_ctc_text(np.array([blank, blank])) == ""
+    assert greedy_ctc_text(np.array([], dtype=np.int64)) == ""
+    assert greedy_ctc_text(np.array(_ids("DON'T"))) == "DON'T"
+
+
+# ---------------------------------------------------------------- training
+def test_training_saves_a_ctc_hubert_folder(corpus, trained):
+    from transformers import HubertForCTC, Wav2Vec2CTCTokenizer
+
+    from conrwkv.asr.encoder import SpeechEncoder
+
+    out, results, _ = trained
+    saved = json.loads((out / "ctc_results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert results["steps_done"] == TINY.steps and results["stopped_early"] is False
+    assert results["train_utterances"] == 5 and results["config"]["hidden_size"] == 32
+    assert np.isfinite(results["loss_first_50"]) and results["train_seconds"] >= 0
+
+    model = HubertForCTC.from_pretrained(out, dtype=torch.float32)
+    assert model.config.vocab_size == len(LETTERS) and model.config.pad_token_id == 0
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 32
+    encoder = SpeechEncoder(str(out))
+    audio = [load_audio(u.audio) for u in load_corpus(corpus["test"])[:2]]
+    features, counts = encoder(audio)
+    assert features.shape == (2, int(counts.max()), 32) and encoder.output_dim == 32
+    assert counts.tolist() == [_conv_frames(len(a)) for a in audio]
+
+    # The saved CTC tokenizer agrees with the training alphabet and with greedy_ctc_text.
+    tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(out)
+    assert tokenizer.decode(text_to_ids("HELLO WORLD'S"), group_tokens=False) == "HELLO WORLD'S"
+    extractor = encoder.extractor
+    inputs = extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt",
+                       return_attention_mask=True)
+    with torch.no_grad():
+        best = model(**inputs).logits.argmax(-1)
+    frames = model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1))
+    for row, n in enumerate(frames.tolist()):
+        ids = best[row, :n].numpy()
+        assert greedy_ctc_text(ids) == " ".join(tokenizer.decode(ids.tolist()).split())
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ids = rng.integers(0, 6, size=int(rng.integers(0, 20)))
+        assert greedy_ctc_text(ids) == " ".join(tokenizer.decode(ids.tolist()).split())
+
+
+def test_eval_wer_is_the_wer_of_the_greedy_transcripts(corpus, trained):
+    _, results, calls = trained
+    [hypotheses] = calls
+    references = [u.text for u in load_corpus(corpus["test"])]
+    assert len(hypotheses) == len(references) == 5
+    assert all(h == " ".join(h.split()) and set(h) <= set(LETTERS[2:]) | {" "} for h in hypotheses)
+    summary = results["eval"]["test-clean"]
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    assert summary["wer"] == pytest.approx(jiwer.wer(refs, hyps))
+    assert summary["reference_words"] == sum(len(r.split()) for r in refs) == 26
+    assert summary["hypothesis_words"] == sum(len(h.split()) for h in hyps)
+    assert summary["utterances"] == 5
+
+
+def test_existing_model_folder_is_refused(corpus, trained):
+    out, _, _ = trained
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        train_ctc_encoder(corpus["train"], out, TINY, device="cpu", progress=False)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def _fake_clock(monkeypatch):
+    """time.time() in ctc_encoder advances one second per call, starting at 0."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(ctc_encoder, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+
+
+def test_time_limit_stops_early_and_still_saves_from_the_command_line(corpus, tmp_path, monkeypatch,
+                                                                      capsys):
+    # start at t=0; the first step is always made; before step 2 the clock says 1, over the limit.
+    _fake_clock(monkeypatch)
+    out = tmp_path / "encoder"
+    code = ctc_encoder.main(["--train_data", corpus["train"], "--eval_data", f"{corpus['test']},",
+                             "--out", str(out), "--device", "cpu", "--no_progress", "--steps", "5",
+                             "--time_limit", "0.5", *TINY_FLAGS])
+    assert code == 0
+    results = json.loads((out / "ctc_results.json").read_text())
+    assert results["steps_done"] == 1 < results["config"]["steps"] == 5
+    assert results["stopped_early"] is True and results["config"]["batch_size"] == 2
+    assert list(results["eval"]) == ["test-clean"]
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert json.loads(printed.splitlines()[0])["steps_done"] == 1
+    assert f"test-clean: CTC greedy WER {100 * results['eval']['test-clean']['wer']:.2f}%" in printed
+
+
+def test_time_limit_before_the_first_step_still_trains_one_step(corpus, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch)
+    results = train_ctc_encoder(corpus["train"], tmp_path / "encoder", TINY, device="cpu",
+                                progress=False, time_limit=0.5)
+    assert results["steps_done"] == 1 and results["stopped_early"] is True
+    assert (tmp_path / "encoder" / "config.json").is_file()
+
+
+def test_command_line_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ctc_encoder.main(["--out", "x"])
+    assert exit_info.value.code == 2 and "--train_data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ctc_encoder.main(["--train_data", "a", "--out", "x", "--steps", "many"])
