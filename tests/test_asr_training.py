@@ -154,3 +154,15 @@ def test_demo_dry_run_parses(op):
     assert config["task"] == "asr" and config["op"] == op
     assert config["asr"]["encoder"].endswith("data/asr-smoke/models/encoder")
     assert config["train"]["epochs"] == 8
+
+
+def test_compile_flag_compiles_the_llm_blocks(setup, tmp_path, monkeypatch):
+    # Only the hook is checked here (compiling a variable-length ASR batch on the CPU recompiles
+    # per shape and takes a minute); test_lm_training runs a compiled training for real.
+    from conrwkv.model import RWKV6
+
+    compiled = []
+    monkeypatch.setattr(RWKV6, "compile_blocks", lambda model, **options: compiled.append(len(model.blocks)))
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2, compile=True)
+    run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+    assert compiled == [2] and (tmp_path / "run" / "asr-step000002.pth").is_file()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
@@ -141,3 +142,23 @@ def test_icl_sweep_runs_a_tiny_grid_and_resumes(tmp_path):
     before = (tmp_path / "runs" / "k1-conv0-L1" / "train.log").stat().st_mtime
     assert icl_sweep.main(args) == 0                       # finished runs are not repeated
     assert (tmp_path / "runs" / "k1-conv0-L1" / "train.log").stat().st_mtime == before
+
+
+def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_path, monkeypatch):
+    compiled = []
+    original = RWKV6.compile_blocks
+
+    def recording(model, **options):
+        compiled.append(len(model.blocks))
+        original(model, backend="aot_eager", **options)     # dynamo + autograd, no slow CPU codegen
+
+    monkeypatch.setattr(RWKV6, "compile_blocks", recording)
+    weights = {}
+    for name, flag in (("eager", False), ("compiled", True)):
+        model_cfg, train_cfg = configs(markov_dir, tmp_path / name, max_steps=4, compile=flag)
+        train_lm(model_cfg, {}, train_cfg)
+        weights[name] = RWKV6.from_checkpoint(tmp_path / name / "rwkv-step000004.pth").state_dict()
+    assert compiled == [1]
+    assert weights["compiled"].keys() == weights["eager"].keys()      # no "_orig_mod." prefixes
+    for key, value in weights["eager"].items():
+        assert torch.allclose(weights["compiled"][key], value, atol=1e-4), key

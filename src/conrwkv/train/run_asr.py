@@ -53,6 +53,8 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
               asr_cfg: AsrConfig) -> dict:
     torch.manual_seed(train_cfg.seed)
     speech = build_speech_model(model_given, train_cfg, asr_cfg)
+    if train_cfg.compile:
+        speech.llm.compile_blocks()
     data = AsrDataModule(train_cfg, asr_cfg)
     train_cfg = resolve_max_steps(train_cfg, data)
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())

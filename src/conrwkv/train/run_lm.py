@@ -42,6 +42,8 @@ def _markov_folder(train_cfg: TrainConfig) -> Path | None:
 def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, model_given, train_cfg.load_model)
+    if train_cfg.compile:
+        model.compile_blocks()
     data = LMDataModule(train_cfg, model.config.vocab_size)
     train_cfg = resolve_max_steps(train_cfg, data)
     markov = _markov_folder(train_cfg)
