@@ -153,6 +153,9 @@ def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_
         original(model, backend="aot_eager", **options)     # dynamo + autograd, no slow CPU codegen
 
     monkeypatch.setattr(RWKV6, "compile_blocks", recording)
+    # Compiled code is cached per function: what other tests compiled (another backend, other
+    # shapes) would otherwise be guarded against and recompiled around, which is slow.
+    torch._dynamo.reset()
     weights = {}
     for name, flag in (("eager", False), ("compiled", True)):
         model_cfg, train_cfg = configs(markov_dir, tmp_path / name, max_steps=4, compile=flag)
