@@ -145,13 +145,7 @@ def greedy_decode(model: SpeechRWKV, audio: list[np.ndarray], max_tokens_per_sec
             return outputs
         while active:
             best = logits.argmax(-1).tolist()
-            keep = []
-            for row, utt in enumerate(active):
-                if best[row] == model.eot_id:
-                    continue
-                outputs[utt].append(best[row])
-                if len(outputs[utt]) < limits[utt]:
-                    keep.append(row)
+            keep = _emit(best, range(len(active)), active, model.eot_id, limits, outputs)
             if not keep:
                 break
             if len(keep) < len(active):
@@ -169,17 +163,24 @@ def _greedy_fixed_batch(model: SpeechRWKV, logits: Tensor, state: RWKVState, act
     live = list(range(len(active)))
     while live:
         best = logits.argmax(-1).tolist()
-        still = []
-        for row in live:
-            utt = active[row]
-            if best[row] == model.eot_id:
-                continue
-            outputs[utt].append(best[row])
-            if len(outputs[utt]) < limits[utt]:
-                still.append(row)
-        live = still
+        live = _emit(best, live, active, model.eot_id, limits, outputs)
         if live:
             logits = runner.step(torch.tensor(best, dtype=torch.long, device=logits.device))
+
+
+def _emit(best: list[int], rows, active: list[int], eot_id: int, limits: list[int],
+          outputs: list[list[int]]) -> list[int]:
+    """Append each row's argmax token to its utterance (row r decodes utterance active[r]);
+    return the rows that go on: not ended by the end token and still under their limit."""
+    going = []
+    for row in rows:
+        utt = active[row]
+        if best[row] == eot_id:
+            continue
+        outputs[utt].append(best[row])
+        if len(outputs[utt]) < limits[utt]:
+            going.append(row)
+    return going
 
 
 def beam_search(model: SpeechRWKV, audio: list[np.ndarray], beam: int = 4,

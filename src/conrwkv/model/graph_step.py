@@ -42,6 +42,14 @@ def initial_state(model: RWKV6, batch_size: int) -> RWKVState:
     return RWKVState(layers)
 
 
+def _copy_state(target: RWKVState, source: RWKVState) -> None:
+    """Copy `source` into `target`'s tensors in place (their addresses are what a graph replays)."""
+    for old, new in zip(target, source):
+        for field in ("att_shift", "wkv", "ffn_shift", "conv"):
+            if getattr(old, field) is not None:
+                getattr(old, field).copy_(getattr(new, field))
+
+
 class RNNStepper:
     def __init__(self, model: RWKV6, batch_size: int, use_graph: bool | None = None, warmup: int = 2):
         """Prepare the buffers and, when `use_graph` (default: the model is on a CUDA device),
@@ -79,10 +87,7 @@ class RNNStepper:
         self.logits.copy_(logits[:, -1])
         self.next_tokens.copy_(self.logits.argmax(-1))
         # Every new tensor is computed before the first copy, so overwriting the state is safe.
-        for old, new in zip(self.state, new_state):
-            for field in ("att_shift", "wkv", "ffn_shift", "conv"):
-                if getattr(old, field) is not None:
-                    getattr(old, field).copy_(getattr(new, field))
+        _copy_state(self.state, new_state)
 
     def _run(self) -> None:
         if self.graph is None:
@@ -97,10 +102,7 @@ class RNNStepper:
         if source.batch_size != self.batch_size:
             raise ValueError(f"RNNStepper: the state has batch size {source.batch_size}, the stepper "
                              f"{self.batch_size}")
-        for old, new in zip(self.state, source):
-            for field in ("att_shift", "wkv", "ffn_shift", "conv"):
-                if getattr(old, field) is not None:
-                    getattr(old, field).copy_(getattr(new, field))
+        _copy_state(self.state, source)
 
     def current_state(self) -> RWKVState:
         """A copy of the state after the last step (the buffers themselves are overwritten)."""
