@@ -77,7 +77,9 @@ def main(argv=None) -> int:
             from conrwkv.train import run_asr
 
             getattr(run_asr, f"{args.op}_asr")(model_cfg, model_given, train_cfg, asr_cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
+        # Bad input and file problems (a missing, unreadable or existing file) are the user's to
+        # fix: a one-line message naming the file or flag, not a traceback.
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     return 0
