@@ -30,7 +30,7 @@ def shard_indices(markov_dir, replicas, rank, epoch=0, split="train"):
     data.setup()
     data.trainer = SimpleNamespace(world_size=replicas, global_rank=rank)
     loader = data.train_dataloader() if split == "train" else data.val_dataloader()
-    loader.sampler.set_epoch(epoch)
+    (loader.batch_sampler if split == "train" else loader.sampler).set_epoch(epoch)
     return [int(i) for batch in loader for i in batch["index"]]
 
 

@@ -12,7 +12,7 @@ import torch
 from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.model import RWKV6
-from conrwkv.train.checkpoint import latest_resume_checkpoint
+from conrwkv.train.checkpoint import resume_checkpoints
 from conrwkv.train.lm_module import LMModule
 from conrwkv.train.run_lm import eval_lm, train_lm
 from conrwkv.train.schedule import lr_factor
@@ -66,7 +66,7 @@ def test_resume_continues_step_count_and_lr_schedule(markov_dir, tmp_path, monke
     monkeypatch.setattr(LMModule, "training_step", interrupted)
     train_lm(model_cfg, {}, train_cfg)
     monkeypatch.setattr(LMModule, "training_step", original)
-    assert latest_resume_checkpoint(tmp_path / "run").name == "step7.ckpt"
+    assert resume_checkpoints(tmp_path / "run")[0].name == "step7.ckpt"
     files = sorted(p.name for p in (tmp_path / "run").glob("rwkv-step*.pth"))
     assert files == ["rwkv-step000004.pth", "rwkv-step000007.pth"]
 

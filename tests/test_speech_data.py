@@ -198,7 +198,7 @@ def test_bad_audio_found_when_decoding_is_skipped_by_the_dataset(tmp_path, caplo
         items = [dataset[i] for i in range(len(dataset))]
     assert dataset.skipped == 3 and "bad audio 3 so far" in caplog.text
     batch = collate_speech(items)
-    assert sorted(batch["ids"]) == ["19-198-0001", "26-495-0000"]
+    assert sorted(batch["ids"]) == ["19-198-0001", "26-495-0000"] and batch["skipped"] == 3
 
 
 def test_truncated_flac_passes_the_header_check_but_not_decoding(tmp_path):
@@ -232,7 +232,7 @@ def test_dataset_collate_and_dataloader_batch_format(tmp_path):
     batches = list(loader)
     assert [len(b["ids"]) for b in batches] == [2, 2, 1]
     for batch in batches:
-        assert set(batch) == {"ids", "audio", "texts"}
+        assert set(batch) == {"ids", "audio", "texts", "skipped"} and batch["skipped"] == 0
         assert all(isinstance(a, np.ndarray) and a.ndim == 1 for a in batch["audio"])
         assert [EXPECTED[i][0] for i in batch["ids"]] == batch["texts"]
     assert [i for b in batches for i in b["ids"]][:2] == ["19-198-0001", "26-495-0001"]   # longest first

@@ -3,13 +3,25 @@ from which train.py generates its flags, so a flag cannot exist without help or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 ARCHITECTURES = ("x060", "x052")
 
 
 def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
+
+
+def _may_change(text: str, **extra) -> dict:
+    """Help for a setting that a resumed run may change (train/resume.py): it extends the run or
+    changes what is logged, saved, validated or evaluated, or how fast, never what the steps
+    already taken would have computed."""
+    return _help(text, resume_may_change=True, **extra)
+
+
+def resume_may_change(cls) -> set[str]:
+    """The fields of a configuration class that a resume may change."""
+    return {f.name for f in fields(cls) if f.metadata.get("resume_may_change")}
 
 
 @dataclass
@@ -43,10 +55,10 @@ class ModelConfig:
         "Rank of the x060 data-dependent token-shift LoRA per target (0: 32, or 64 from n_embd 4096)."))
     decay_rank: int = field(default=0, metadata=_help(
         "Rank of the x060 data-dependent decay LoRA (0: 64, or 128 from n_embd 4096)."))
-    wkv_backend: str = field(default="auto", metadata=_help(
+    wkv_backend: str = field(default="auto", metadata=_may_change(
         "WKV6 kernel: auto (cuda on GPU tensors, torch otherwise), torch, cuda or fla.",
         choices=("auto", "torch", "cuda", "fla")))
-    grad_cp: bool = field(default=False, metadata=_help(
+    grad_cp: bool = field(default=False, metadata=_may_change(
         "Gradient checkpointing: recompute each block in the backward pass to save memory."))
 
     def __post_init__(self) -> None:
@@ -78,12 +90,12 @@ class ModelConfig:
 class TrainConfig:
     """Training run: data, optimisation, hardware, outputs. Shared by --task lm and --task asr."""
 
-    proj_dir: str = field(default="output/run", metadata=_help(
+    proj_dir: str = field(default="output/run", metadata=_may_change(
         "Output folder: step-numbered weights (.pth), resumable checkpoints, logs, run config."))
     data_file: str = field(default="", metadata=_help(
         "LM: a binidx prefix (path without .bin/.idx) or a datanew.py folder (train/val + "
         "meta.json). ASR: a corpus (LibriSpeech split folder, save_to_disk folder or JSONL)."))
-    val_file: str = field(default="", metadata=_help(
+    val_file: str = field(default="", metadata=_may_change(
         "Validation data of the same kind (LM: default the folder's val; ASR: see eval_data)."))
     data_type: str = field(default="auto", metadata=_help(
         "LM sampling: windows (fixed ctx_len windows, magic-prime order), documents (one document "
@@ -91,11 +103,11 @@ class TrainConfig:
         choices=("auto", "windows", "documents")))
     ctx_len: int = field(default=512, metadata=_help("Tokens per training sample (LM)."))
     micro_bsz: int = field(default=8, metadata=_help("Samples per GPU (or CPU process) per step."))
-    max_steps: int = field(default=1000, metadata=_help(
+    max_steps: int = field(default=1000, metadata=_may_change(
         "Optimizer steps to train for (ignored when epochs > 0)."))
-    epochs: int = field(default=0, metadata=_help(
+    epochs: int = field(default=0, metadata=_may_change(
         "Train for this many passes over the data instead of max_steps (0: use max_steps)."))
-    epoch_steps: int = field(default=0, metadata=_help(
+    epoch_steps: int = field(default=0, metadata=_may_change(
         "Steps per epoch when epochs > 0 (0: computed from the data size, micro_bsz and devices)."))
     lr_init: float = field(default=6e-4, metadata=_help("Learning rate after warmup."))
     lr_final: float = field(default=6e-5, metadata=_help("Learning rate at the last step."))
@@ -110,36 +122,34 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_help(
         "Decoupled weight decay (AdamW) on weight matrices; 0 turns it off (RWKV default)."))
     grad_clip: float = field(default=1.0, metadata=_help("Gradient-norm clip (0: none)."))
-    precision: str = field(default="auto", metadata=_help(
+    precision: str = field(default="auto", metadata=_may_change(
         "Lightning precision: auto (bf16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, "
         "bf16-true.", choices=("auto", "32-true", "bf16-mixed", "bf16-true")))
-    accelerator: str = field(default="auto", metadata=_help(
+    accelerator: str = field(default="auto", metadata=_may_change(
         "auto, cpu or gpu.", choices=("auto", "cpu", "gpu")))
-    devices: str = field(default="auto", metadata=_help(
+    devices: str = field(default="auto", metadata=_may_change(
         "Devices per node: a count (e.g. 2) or auto (all GPUs, or 1 CPU process)."))
-    num_nodes: int = field(default=1, metadata=_help("Machines in the run."))
+    num_nodes: int = field(default=1, metadata=_may_change("Machines in the run."))
     strategy: str = field(default="auto", metadata=_help(
         "Distribution strategy: auto, ddp, deepspeed_stage_1, deepspeed_stage_2, "
         "deepspeed_stage_3 (DeepSpeed needs GPUs and the deepspeed package).",
         choices=("auto", "ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")))
-    compile: bool = field(default=False, metadata=_help(
+    compile: bool = field(default=False, metadata=_may_change(
         "torch.compile each RWKV block before training: fused elementwise kernels, 1.3x (1.6B) to "
         "1.7x (12 x 768) faster LM training steps on an H100 (docs/benchmarks.md); the first steps "
         "of each input shape pay the compile time. The WKV kernel stays outside the compiled graphs."))
     seed: int = field(default=42, metadata=_help("Random seed (model init, data order)."))
     load_model: str = field(default="", metadata=_help(
         "Start from this official .pth (LM: fine-tune; ASR: the frozen LLM)."))
-    resume: bool = field(default=True, metadata=_help(
-        "Continue from the newest resumable checkpoint in proj_dir when there is one."))
-    save_every: int = field(default=0, metadata=_help(
+    save_every: int = field(default=0, metadata=_may_change(
         "Write weights and a resumable checkpoint every this many steps (0: at the end only). "
         "Files are step-numbered and never deleted."))
-    val_every: int = field(default=0, metadata=_help(
+    val_every: int = field(default=0, metadata=_may_change(
         "Validate every this many steps (0: only at the end)."))
-    val_batches: int = field(default=0, metadata=_help(
+    val_batches: int = field(default=0, metadata=_may_change(
         "Batches per validation (0: the whole validation set)."))
-    log_every: int = field(default=10, metadata=_help("Log training metrics every this many steps."))
-    num_workers: int = field(default=0, metadata=_help("DataLoader worker processes."))
+    log_every: int = field(default=10, metadata=_may_change("Log training metrics every this many steps."))
+    num_workers: int = field(default=0, metadata=_may_change("DataLoader worker processes."))
 
 
 @dataclass

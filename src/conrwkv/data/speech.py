@@ -18,7 +18,7 @@ empty or undecodable file raises AudioError naming the file and the problem; wit
 skip_bad_audio it is skipped instead, and every skip is logged with the file and a count.
 
 The batch format the model side consumes is `collate_speech`'s dict(ids=list[str],
-audio=list[np.ndarray], texts=list[str]); the speech encoder's feature extractor pads.
+audio=list[np.ndarray], texts=list[str], skipped=int); the speech encoder's feature extractor pads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import gcd
@@ -40,6 +40,8 @@ import torch
 from scipy.signal import resample_poly
 
 from conrwkv.io import atomic_write_bytes
+
+from .resumable import ResumableBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -491,16 +493,19 @@ class SpeechDataset(torch.utils.data.Dataset):
         return [u.duration for u in self.utterances]
 
 
-def collate_speech(items: Sequence[dict | None]) -> dict[str, list]:
-    """dict(ids=list[str], audio=list[np.ndarray], texts=list[str]); unpadded, Nones dropped
-    (a batch whose every file was bad comes back with empty lists)."""
-    items = [item for item in items if item is not None]
-    return {"ids": [item["id"] for item in items],
-            "audio": [item["audio"] for item in items],
-            "texts": [item["text"] for item in items]}
+def collate_speech(items: Sequence[dict | None]) -> dict:
+    """dict(ids=list[str], audio=list[np.ndarray], texts=list[str], skipped=int); unpadded, the
+    Nones of skipped bad files dropped and counted (a batch whose every file was bad comes back
+    with empty lists). The count travels with the batch because worker processes hold their
+    own copies of the dataset and its counters."""
+    kept = [item for item in items if item is not None]
+    return {"ids": [item["id"] for item in kept],
+            "audio": [item["audio"] for item in kept],
+            "texts": [item["text"] for item in kept],
+            "skipped": len(items) - len(kept)}
 
 
-class LengthBucketBatchSampler(torch.utils.data.Sampler):
+class LengthBucketBatchSampler(ResumableBatchSampler):
     """Batches of indices of similar duration, sharded over distributed ranks.
 
     Training (shuffle=True): each epoch, a permutation seeded by (seed, epoch) is cut into
@@ -527,6 +532,7 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"{len(durations)} utterances cannot be shared by {num_replicas} ranks")
         if bucket_batches < 1:
             raise ValueError(f"bucket_batches must be >= 1, got {bucket_batches}")
+        super().__init__()
         self.durations = np.asarray(durations, dtype=np.float64)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -534,7 +540,6 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.bucket_batches = bucket_batches
-        self.epoch = 0
         self.batch_sizes = self._batch_sizes()
         used = sum(self.batch_sizes)
         if used < len(self.durations):
@@ -550,17 +555,14 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
         base, extra = divmod(n, num_batches)
         return [base + 1] * extra + [base] * (num_batches - extra)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.batch_sizes) // self.num_replicas
 
-    def _all_batches(self) -> list[np.ndarray]:
+    def _all_batches(self, epoch: int) -> list[np.ndarray]:
         if not self.shuffle:
             order = np.lexsort((np.arange(len(self.durations)), -self.durations))
             return np.split(order[: sum(self.batch_sizes)], np.cumsum(self.batch_sizes)[:-1])
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.durations))
         batches, start = [], 0
         for first in range(0, len(self.batch_sizes), self.bucket_batches):
@@ -571,7 +573,5 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
             batches.extend(np.split(bucket, np.cumsum(sizes)[:-1]))
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()
-        for batch in batches[self.rank::self.num_replicas]:
-            yield batch.tolist()
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return [batch.tolist() for batch in self._all_batches(epoch)[self.rank::self.num_replicas]]

@@ -2,7 +2,8 @@
 
 Batches are dicts of unpadded lists (ids, audio, texts); the encoder's own feature extractor
 pads. The bucketed batch sampler shards batches over the distributed ranks itself (the Trainer runs
-with use_distributed_sampler=False): each rank reads different utterances.
+with use_distributed_sampler=False): each rank reads different utterances. The training loader
+is resumable: its position in the epoch is part of the checkpoint (data/resumable.py).
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
-
 from ..config import AsrConfig, TrainConfig
+from ..data.resumable import ResumableLoader
 from ..data.speech import LengthBucketBatchSampler, SpeechDataset, collate_speech, load_corpus
 
 
@@ -32,11 +32,11 @@ def speech_dataset(source: str, asr: AsrConfig) -> SpeechDataset:
 
 
 def speech_loader(dataset: SpeechDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                  num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> DataLoader:
+                  num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> ResumableLoader:
     sampler = LengthBucketBatchSampler(dataset.durations(), batch_size, shuffle=shuffle, seed=seed,
                                        num_replicas=num_replicas, rank=rank)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_speech,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+    return ResumableLoader(dataset, sampler, seed=seed, collate_fn=collate_speech,
+                           num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 class AsrDataModule(L.LightningDataModule):
@@ -61,7 +61,7 @@ class AsrDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         replicas, rank = self._replicas()
         return speech_loader(self.train_set, self.cfg.micro_bsz, shuffle=True, seed=self.cfg.seed,
                              num_replicas=replicas, rank=rank, num_workers=self.cfg.num_workers)

@@ -1,7 +1,9 @@
 """Data module for language-model training on binidx files (token corpora or Markov chains).
 
 It shards the data over distributed processes itself (the Trainer runs with
-use_distributed_sampler=False), so the sharding is this project's code and is tested."""
+use_distributed_sampler=False), so the sharding is this project's code and is tested, and the
+training loader's position in the epoch is part of the resumable checkpoint (data/resumable.py).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import TrainConfig
 from ..data.binidx import BinidxReader
+from ..data.resumable import ResumableLoader, ShardedBatchSampler
 from ..data.sampling import DocumentDataset, WindowDataset
 
 
@@ -35,6 +38,11 @@ def resolve_lm_data(cfg: TrainConfig) -> tuple[Path, Path | None, str, dict | No
     if cfg.val_file:
         val = Path(str(cfg.val_file).removesuffix(".bin").removesuffix(".idx"))
     kind = cfg.data_type if cfg.data_type != "auto" else ("documents" if meta else "windows")
+    if meta and kind == "windows":
+        raise ValueError(f"--data_type windows on the datanew.py folder {data}: a window would run "
+                         f"across chains with different transition tables, and the Bayes-optimal "
+                         f"reference (val/gap, the ICL evaluation) is per chain; use --data_type "
+                         f"documents (the default for such a folder)")
     return train, val, kind, meta
 
 
@@ -47,11 +55,19 @@ class LMDataModule(L.LightningDataModule):
 
     def _dataset(self, prefix: Path) -> Dataset:
         reader = BinidxReader(prefix)
-        top = int(reader.tokens.max()) if reader.n_tokens else 0
-        if top >= self.vocab_size:
-            raise ValueError(f"{prefix}.bin holds token id {top}, but the model's vocab_size is "
-                             f"{self.vocab_size}: set --vocab_size larger")
+        if reader.n_tokens:
+            low, high = int(reader.tokens.min()), int(reader.tokens.max())
+            if low < 0:
+                raise ValueError(f"{prefix}.bin holds the negative token id {low}: not token data")
+            if high >= self.vocab_size:
+                raise ValueError(f"{prefix}.bin holds token id {high}, but the model's vocab_size is "
+                                 f"{self.vocab_size}: set --vocab_size larger")
         if self.kind == "documents":
+            longest = int(reader.sizes.max()) if len(reader) else 0
+            if self.cfg.ctx_len > longest - 1:
+                raise ValueError(f"--ctx_len {self.cfg.ctx_len} is longer than every document of "
+                                 f"{prefix} (the longest gives {longest - 1} predictions): every "
+                                 f"sample would be padding past its end; set --ctx_len {longest - 1}")
             return DocumentDataset(reader, self.cfg.ctx_len)
         return WindowDataset(reader, self.cfg.ctx_len, seed=self.cfg.seed)
 
@@ -67,25 +83,29 @@ class LMDataModule(L.LightningDataModule):
             n = min(len(self.val_set), self.cfg.val_batches * self.cfg.micro_bsz)
             self.val_set = Subset(self.val_set, np.arange(n))
 
-    def sampler(self, dataset: Dataset, shuffle: bool) -> DistributedSampler:
-        """This process's share of `dataset`: rank r of R takes every R-th sample of one order
-        (shuffled per epoch with the seed when `shuffle`), so no two processes read the same
-        sample. Training drops the remainder; validation pads it with repeats, which the
-        Bayes comparison counts the same way."""
+    def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle,
-                                  seed=self.cfg.seed, drop_last=shuffle)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def train_dataloader(self) -> DataLoader:
-        # Windows come in magic-prime order already; documents are shuffled every epoch.
-        return DataLoader(self.train_set, batch_size=self.cfg.micro_bsz, drop_last=True,
-                          sampler=self.sampler(self.train_set, shuffle=self.kind == "documents"),
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+    def train_dataloader(self) -> ResumableLoader:
+        """This process's share: rank r of R takes every R-th sample of one order, whole
+        batches only (the remainder of the epoch is left out, never padded with repeats).
+        Windows come in magic-prime order already; documents are shuffled every epoch."""
+        replicas, rank = self._replicas()
+        sampler = ShardedBatchSampler(len(self.train_set), self.cfg.micro_bsz,
+                                      shuffle=self.kind == "documents", seed=self.cfg.seed,
+                                      num_replicas=replicas, rank=rank)
+        return ResumableLoader(self.train_set, sampler, seed=self.cfg.seed,
+                               num_workers=self.cfg.num_workers,
+                               persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self):
+        """Every validation sample once over all processes; the last batches are padded with
+        repeats so that the processes step together, and the Bayes comparison counts the
+        repeats the same way."""
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.cfg.micro_bsz,
-                          sampler=self.sampler(self.val_set, shuffle=False),
+        replicas, rank = self._replicas()
+        sampler = DistributedSampler(self.val_set, num_replicas=replicas, rank=rank, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.cfg.micro_bsz, sampler=sampler,
                           num_workers=self.cfg.num_workers)

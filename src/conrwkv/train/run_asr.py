@@ -51,12 +51,19 @@ def build_speech_model(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrCo
 
 def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
               asr_cfg: AsrConfig) -> dict:
+    if resolve_precision(train_cfg, resolve_accelerator(train_cfg)) == "bf16-true":
+        raise ValueError("--precision bf16-true would cast the trained initial states and the "
+                         "projector to bf16, too coarse for their updates; use bf16-mixed, which "
+                         "holds the frozen LLM in bf16 and trains them in fp32")
+    # The corpora are read (every file checked) before the LLM is loaded: a bad --data_file
+    # fails in seconds, not after minutes of loading a 14B model.
+    data = AsrDataModule(train_cfg, asr_cfg)
+    data.setup("fit")
+    train_cfg = resolve_max_steps(train_cfg, data)
     torch.manual_seed(train_cfg.seed)
     speech = build_speech_model(model_given, train_cfg, asr_cfg)
     if train_cfg.compile:
         speech.llm.compile_blocks()
-    data = AsrDataModule(train_cfg, asr_cfg)
-    train_cfg = resolve_max_steps(train_cfg, data)
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
     run_config = {"task": "asr", "model": dataclasses.asdict(speech.llm.config),
                   "train": dataclasses.asdict(train_cfg), "asr": dataclasses.asdict(asr_cfg)}

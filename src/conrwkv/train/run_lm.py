@@ -45,6 +45,7 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     if train_cfg.compile:
         model.compile_blocks()
     data = LMDataModule(train_cfg, model.config.vocab_size)
+    data.setup("fit")              # every data check before training starts
     train_cfg = resolve_max_steps(train_cfg, data)
     markov = _markov_folder(train_cfg)
     bayes = np.load(markov / "val_curves.npz")["bayes_by_sequence"] if markov else None

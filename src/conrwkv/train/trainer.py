@@ -1,5 +1,5 @@
 """The Lightning Trainer for both tasks: hardware and precision resolution, DeepSpeed, logs,
-step checkpoints, and resuming from the newest checkpoint in the output folder."""
+step checkpoints, guards against a diverged run, and resuming the run in the output folder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..config import TrainConfig
-from .checkpoint import StepCheckpoint, latest_resume_checkpoint
+from .checkpoint import AtomicCheckpointIO, StepCheckpoint
+from .guards import TrainingGuard
+from .random_state import RandomStates
+from .resume import (
+    ProjDirLock,
+    check_run_settings,
+    choose_resume_checkpoint,
+    record_run_settings,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +83,26 @@ def check_strategy(cfg: TrainConfig, accelerator: str) -> None:
                              f"(pip install deepspeed)")
 
 
-def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Trainer:
+class OutputFolder(L.Callback):
+    """The process that writes the files (global rank 0) holds proj_dir for the whole fit:
+    it takes the folder's lock, removes what killed launches left behind, and records the
+    run's settings at its first launch (train/resume.py)."""
+
+    def __init__(self, proj_dir: Path, settings: dict):
+        self.lock, self.settings = ProjDirLock(proj_dir), settings
+
+    def setup(self, trainer, pl_module, stage):
+        if stage == "fit" and trainer.is_global_zero:
+            self.lock.acquire()
+            remove_stale_temporaries(self.lock.proj_dir)
+            record_run_settings(self.lock.proj_dir, self.settings)
+
+    def teardown(self, trainer, pl_module, stage):
+        if stage == "fit":
+            self.lock.release()
+
+
+def build_trainer(cfg: TrainConfig, weights_name: str, settings: dict) -> L.Trainer:
     """Data modules shard over the processes themselves: no sampler is injected by Lightning."""
     accelerator = resolve_accelerator(cfg)
     check_strategy(cfg, accelerator)
@@ -82,11 +110,15 @@ def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Tr
     proj.mkdir(parents=True, exist_ok=True)
     # Each launch logs into a new version_N folder: a resumed run never overwrites earlier logs.
     loggers = [CSVLogger(proj, name="logs"), TensorBoardLogger(proj, name="tb")]
-    callbacks = [StepCheckpoint(proj, weights_name, cfg.save_every, run_config),
+    guard = TrainingGuard(cfg.log_every)
+    callbacks = [OutputFolder(proj, settings), guard, RandomStates(),
+                 StepCheckpoint(proj, weights_name, cfg.save_every, settings, before_save=guard.check),
                  LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=10)]
+    # DeepSpeed writes its checkpoint folders itself; every other strategy writes through this.
+    plugins = [] if cfg.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]
     return L.Trainer(
         accelerator=accelerator, devices=resolve_devices(cfg), num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=resolve_precision(cfg, accelerator),
+        strategy=cfg.strategy, precision=resolve_precision(cfg, accelerator), plugins=plugins,
         max_steps=cfg.max_steps, max_epochs=-1,
         val_check_interval=cfg.val_every or None, check_val_every_n_epoch=None if cfg.val_every else 1,
         limit_val_batches=1.0 if cfg.val_every else 0, num_sanity_val_steps=0,
@@ -98,13 +130,20 @@ def build_trainer(cfg: TrainConfig, weights_name: str, run_config: dict) -> L.Tr
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg: TrainConfig,
         weights_name: str, run_config: dict) -> L.Trainer:
-    """Train (resuming when proj_dir has a checkpoint and cfg.resume), then validate once."""
-    L.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, weights_name, run_config)
-    ckpt = latest_resume_checkpoint(cfg.proj_dir) if cfg.resume else None
+    """Train, continuing the run in proj_dir when it holds one (same settings required: see
+    train/resume.py), then validate once.
+
+    The settings recorded and compared are `run_config` plus what the flags leave to the machine
+    (the number of processes, the resolved precision): a resume must run the same arithmetic."""
+    settings = {**run_config, "processes": world_size(cfg),
+                "precision": resolve_precision(cfg, resolve_accelerator(cfg))}
+    check_run_settings(cfg.proj_dir, settings)
+    ckpt = choose_resume_checkpoint(cfg.proj_dir)
     if ckpt is not None:
         log.warning("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    L.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg, weights_name, settings)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     trainer.limit_val_batches = 1.0
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return trainer
