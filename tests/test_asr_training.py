@@ -166,3 +166,44 @@ def test_compile_flag_compiles_the_llm_blocks(setup, tmp_path, monkeypatch):
     model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2, compile=True)
     run_asr.train_asr(model_cfg, {}, train_cfg, asr)
     assert compiled == [2] and (tmp_path / "run" / "asr-step000002.pth").is_file()
+
+
+def truncate_flac(path):
+    """Keep the header (the duration still reads) but not enough frames to decode."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_corpus_whose_audio_is_all_undecodable_is_an_error_not_a_silent_run(setup, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "LibriSpeech" / "train-clean-100"
+    shutil.copytree(setup["train"], corpus)
+    for flac in corpus.rglob("*.flac"):
+        truncate_flac(flac)
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", data_file=str(corpus), max_steps=4,
+                                        save_every=2)
+    asr.skip_bad_audio = True
+    with pytest.raises(ValueError, match="none of the [34] training utterances read since this launch started could be decoded"):
+        run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+    assert not list((tmp_path / "run").glob("asr-step*.pth"))
+
+
+def test_batches_of_only_bad_files_still_step_and_are_counted(setup, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "LibriSpeech" / "train-clean-100"
+    shutil.copytree(setup["train"], corpus)
+    for name in ("19-198-0001", "26-495-0001"):                  # the two longest: one batch
+        truncate_flac(next(corpus.rglob(f"{name}.flac")))
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", data_file=str(corpus), max_steps=6)
+    asr.skip_bad_audio = True
+    run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+    assert (tmp_path / "run" / "asr-step000006.pth").is_file()   # every batch made a step
+    sidecar = json.loads((tmp_path / "run" / "asr-step000006.json").read_text())
+    assert sidecar["metrics"]["train/skipped_audio"] == 4.0       # two epochs of 3 batches
+
+
+def test_bf16_true_is_refused_for_state_tuning(setup, tmp_path):
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", precision="bf16-true")
+    with pytest.raises(ValueError, match="bf16-true would cast the trained initial states"):
+        run_asr.train_asr(model_cfg, {}, train_cfg, asr)

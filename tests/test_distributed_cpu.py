@@ -69,3 +69,38 @@ def test_ddp_with_two_cpu_processes_trains_and_checkpoints_once(markov_dir, tmp_
     assert resumable == ["step3.ckpt", "step6.ckpt"]
     assert len(list((tmp_path / "run" / "logs").iterdir())) == 1      # logged by rank 0 only
     RWKV6.from_checkpoint(tmp_path / "run" / "rwkv-step000006.pth")    # a plain official .pth
+
+
+def test_ddp_asr_with_a_rank_whose_batch_is_all_bad_audio_does_not_hang(tmp_path):
+    """A rank whose every file of a batch fails to decode still takes part in the step (a zero
+    loss in the graph); returning None there left the other rank waiting in the all-reduce."""
+    from speech_fixtures import make_librispeech
+
+    from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
+    from conrwkv.data.speech import LengthBucketBatchSampler, load_corpus
+
+    corpus = make_librispeech(tmp_path, "train-clean-100")
+    bad = {"19-198-0001", "26-495-0001"}
+    for name in bad:
+        path = next(corpus.rglob(f"{name}.flac"))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    utterances = load_corpus(corpus)
+    ids = [u.id for u in utterances]
+    durations = [u.duration for u in utterances]
+    samplers = [LengthBucketBatchSampler(durations, 2, seed=0, num_replicas=2, rank=r) for r in range(2)]
+    lopsided = []
+    for epoch in range(4):
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        for a, b in zip(*samplers):
+            all_bad = [all(ids[i] in bad for i in batch) for batch in (a, b)]
+            lopsided.append(all_bad[0] != all_bad[1])
+    assert any(lopsided[:8])                                      # the case happens in 8 steps
+    out = run([sys.executable, "train.py", "--task", "asr", "--data_file", str(corpus),
+               "--load_model", str(make_tiny_llm(tmp_path / "llm.pth", n_layer=1, n_embd=32)),
+               "--encoder", str(make_tiny_encoder(tmp_path / "encoder")), "--projector_hidden", "32",
+               "--skip_bad_audio", "--micro_bsz", "2", "--max_steps", "8", "--seed", "0",
+               "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu",
+               "--proj_dir", str(tmp_path / "run")])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "asr-step000008.pth").is_file()

@@ -22,17 +22,16 @@ class AsrModule(L.LightningModule):
         self.train_config, self.asr_config, self.tokenizer = train_config, asr_config, tokenizer
         self.strict_loading = False        # resumable checkpoints hold the trained tensors only
         self._val_sums = None
-        # Utterances used and skipped as bad audio (--skip_bad_audio) since the epoch began.
-        self._epoch_audio = torch.zeros(2, dtype=torch.float64)
+        # Utterances used and skipped as bad audio (--skip_bad_audio) by this launch.
+        self._audio_counts = torch.zeros(2, dtype=torch.float64)
 
     def targets(self, texts: list[str]) -> list[list[int]]:
         return [self.tokenizer.encode(t.lower() if self.asr_config.lowercase else t) for t in texts]
 
     def training_step(self, batch, batch_idx):
-        self._epoch_audio += torch.tensor([len(batch["audio"]), batch["skipped"]], dtype=torch.float64)
-        if batch["skipped"]:
-            self.log("train/skipped_audio", float(batch["skipped"]), reduce_fx="sum", on_step=False,
-                     on_epoch=True, batch_size=1)
+        self._audio_counts += torch.tensor([len(batch["audio"]), batch["skipped"]], dtype=torch.float64)
+        if self._audio_counts[1]:
+            self.log("train/skipped_audio", float(self._audio_counts[1]), batch_size=1)
         if not batch["audio"]:
             # Every file of the batch was bad. The step still runs, with a zero loss that reaches
             # every trained parameter, so that the other processes' gradient all-reduce (DDP,
@@ -42,18 +41,15 @@ class AsrModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["audio"]))
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_audio.zero_()
-
     def training_problem(self) -> str | None:
-        """The guard's question (train/guards.py), asked on every process: did this epoch so
-        far, over all processes, fail to decode every utterance it read?"""
-        used, skipped = self.trainer.strategy.reduce(self._epoch_audio.to(self.device).clone(),
+        """The guard's question (train/guards.py), asked on every process before each save and
+        at each epoch's end: has no utterance that this launch read, on any process, decoded?"""
+        used, skipped = self.trainer.strategy.reduce(self._audio_counts.to(self.device).clone(),
                                                      reduce_op="sum").tolist()
         if used == 0 and skipped > 0:
-            return (f"none of the {int(skipped)} training utterances read in this epoch could be "
-                    f"decoded (all skipped by --skip_bad_audio): check the audio of "
-                    f"{self.train_config.data_file}; no weights were trained")
+            return (f"none of the {int(skipped)} training utterances read since this launch "
+                    f"started could be decoded (all skipped by --skip_bad_audio): check the audio "
+                    f"of {self.train_config.data_file}; nothing was trained or saved")
         return None
 
     def on_validation_epoch_start(self) -> None:

@@ -4,8 +4,8 @@
   starting weights) stops the run with an error naming the first such step. Without this a
   diverged run trained on, saved all-NaN weights under new step numbers and exited 0.
 - The LightningModule may report a problem of its own through `training_problem()`, asked at
-  the end of every epoch and before the final save (the speech module reports an epoch in which
-  no utterance could be decoded).
+  the end of every epoch and before every save (the speech module reports a launch in which no
+  utterance could be decoded).
 
 The loss is checked without a host-device synchronisation per step: the first bad step is
 recorded on the device and read every `check_every` steps and before every save, which
@@ -46,8 +46,7 @@ class TrainingGuard(L.Callback):
     def check(self, trainer, pl_module) -> None:
         """Raise if training went wrong; a collective, called by every process."""
         self._check_loss(trainer)
-        if trainer.global_step >= trainer.max_steps:
-            self._check_module(trainer, pl_module)
+        self._check_module(trainer, pl_module)
 
     def _check_loss(self, trainer) -> None:
         if self._first_bad_step is None:
