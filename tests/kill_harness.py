@@ -61,6 +61,7 @@ def temporaries(proj_dir: Path) -> list[Path]:
 
 
 STEP_FILE = re.compile(r"^\w+-step\d+\.(pth|json)$")
+CHECKPOINT_FILE = re.compile(r"^step\d+\.ckpt$")
 
 
 def step_files(proj_dir: Path) -> list[str]:
@@ -68,34 +69,47 @@ def step_files(proj_dir: Path) -> list[str]:
     return sorted(p.name for p in proj_dir.iterdir() if STEP_FILE.match(p.name))
 
 
+def _snapshot(proj_dir: Path) -> set[str]:
+    names = set()
+    for folder in (proj_dir, proj_dir / "checkpoints"):
+        if folder.is_dir():
+            names |= {f"{folder.name}/{p.name}" for p in folder.iterdir()}
+    return names
+
+
 def kill(args: list[str], proj_dir: Path, *, inside_save: bool, after_files: int = 0,
          delay: float = 0.0, timeout: float = 300) -> str:
-    """Start a launch and SIGKILL it: as soon as a temporary file of a save appears (once
-    `after_files` step files exist), or `delay` seconds after the first step file appeared.
-    Returns where the kill landed ("inside a save", "between saves", or "after the end")."""
-    proc = subprocess.Popen(command(args, proj_dir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    """Start a launch and SIGKILL it: as soon as a temporary file of one of its saves appears
+    (after it has written `after_files` new files), or `delay` seconds after it wrote its first
+    new file. Files present before the launch (a killed launch's leftovers) do not count.
+    Returns where the kill landed: "inside a save", "between saves" or "after the end"."""
+    before = _snapshot(proj_dir)
+    log = proj_dir.parent / f"{proj_dir.name}-launch.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command(args, proj_dir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
     deadline = time.monotonic() + timeout
-    first_seen = None
+    first_new = None
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            written = len(step_files(proj_dir)) if proj_dir.is_dir() else 0
-            if inside_save:
-                if written >= after_files and temporaries(proj_dir):
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    return "inside a save"
-            else:
-                if written and first_seen is None:
-                    first_seen = time.monotonic()
-                if first_seen is not None and time.monotonic() - first_seen >= delay:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    return "inside a save" if temporaries(proj_dir) else "between saves"
+            new = _snapshot(proj_dir) - before
+            saving = any(name.endswith(".tmp") for name in new)
+            written = sum(1 for name in new if STEP_FILE.match(name.split("/")[1])
+                          or CHECKPOINT_FILE.match(name.split("/")[1]))
+            if first_new is None and written:
+                first_new = time.monotonic()
+            due = (saving and written >= after_files if inside_save
+                   else first_new is not None and time.monotonic() - first_new >= delay)
+            if due:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                # What the kill left behind says where it landed.
+                left = any(name.endswith(".tmp") for name in _snapshot(proj_dir) - before)
+                return "inside a save" if left else "between saves"
             time.sleep(0.0005)
         if proc.poll() is None:
-            proc.kill()
             raise AssertionError(f"launch did not reach the kill point in {timeout} s")
+        assert proc.returncode == 0, log.read_text()[-4000:]
         return "after the end"
     finally:
         if proc.poll() is None:
@@ -145,14 +159,20 @@ def compare(reference: Path, resumed: Path) -> Comparison:
 
 
 def random_kills(args: list[str], reference: Path, work: Path, kills: int, seed: int) -> dict:
-    """`kills` launches into one folder, each SIGKILLed at a random moment (half of them as soon
-    as a save's temporary file appears), then one launch to the end; compared with `reference`."""
+    """Rounds of launches into a fresh folder, each SIGKILLed at a random moment (half of them
+    as soon as a save's temporary file appears), until a launch runs to its end by itself;
+    each round's folder is then compared with `reference`. Stops after `kills` kills."""
     rng = random.Random(seed)
-    places = []
-    for _ in range(kills):
-        inside = rng.random() < 0.5
-        places.append(kill(args, work, inside_save=inside, after_files=rng.randrange(0, 6),
-                           delay=rng.uniform(0.0, 3.0)))
-    run_to_end(args, work)
-    result = compare(reference, work)
-    return {"kills": places, "comparison": result}
+    landed, comparisons = [], []
+    while len(landed) < kills:
+        folder = work / f"round{len(comparisons)}"
+        while len(landed) < kills:
+            where = kill(args, folder, inside_save=rng.random() < 0.5, after_files=rng.randrange(0, 4),
+                         delay=rng.uniform(0.0, 2.0))
+            if where == "after the end":
+                break
+            landed.append(where)
+        else:
+            run_to_end(args, folder)
+        comparisons.append(compare(reference, folder))
+    return {"kills": landed, "comparisons": comparisons}

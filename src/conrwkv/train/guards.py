@@ -56,9 +56,9 @@ class TrainingGuard(L.Callback):
         if float(trainer.strategy.reduce(bad_here, reduce_op="sum")) > 0:
             where = f"at step {first}" if first != _NONE else "on another process"
             raise ValueError(
-                f"training loss became NaN or infinite {where}; the run stopped and wrote "
-                f"nothing after its last save (lower --lr_init, check the data and --load_model, "
-                f"then resume from the last checkpoint)")
+                f"training loss became NaN or infinite {where}; the run stopped, and nothing was "
+                f"saved after that step. Check the data and --load_model, or lower --lr_init in a "
+                f"new --proj_dir (a resume keeps the run's settings)")
 
     @staticmethod
     def _check_module(trainer, pl_module) -> None:

@@ -6,7 +6,8 @@ saved states it would draw other numbers than the uninterrupted run from the fir
 the resume on. The states are saved with each checkpoint (after the step that it ends) and put
 back just before the next step runs, where the uninterrupted run is at that point; the data
 loaders have generators of their own (data/resumable.py), so nothing in between draws from the
-global ones. Every process saves and restores its own states.
+global ones. The checkpoint holds global rank 0's states and every process restores them: the
+processes' generators agree anyway (seeded alike by seed_everything, drawn from alike).
 """
 
 from __future__ import annotations
