@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ARCHITECTURES = ("x060", "x052")
+ENCODER_BATCHING = ("auto", "batch", "one_by_one")
 
 
 def _help(text: str, **extra) -> dict:
@@ -149,6 +150,12 @@ class AsrConfig:
     encoder: str = field(default="", metadata=_help(
         "Speech encoder: a local HuggingFace folder (HuBERT, wav2vec 2.0 or WavLM, saved with "
         "save_pretrained, with its preprocessor_config.json), or a hub id when online."))
+    encoder_batching: str = field(default="auto", metadata=_help(
+        "How the speech encoder meets a batch: auto (padded batches only for models that padding "
+        "cannot change, a LayerNorm front end (feat_extract_norm 'layer') fed an attention mask; "
+        "other models, e.g. wav2vec2-base and other GroupNorm ones, one utterance at a time), batch "
+        "(always padded batches: faster, but a GroupNorm model's features then depend on the "
+        "batch), or one_by_one (never batch).", choices=ENCODER_BATCHING))
     encoder_trainable: bool = field(default=False, metadata=_help(
         "Train the speech encoder too (default: frozen, as in SLAM-ASR and RWKV-ASR)."))
     projector: str = field(default="linear", metadata=_help(

@@ -92,7 +92,8 @@ class SpeechRWKV(nn.Module):
             llm_options["conv_kernel"] = conv_kernel
         llm = RWKV6.from_checkpoint(llm_path, dtype=llm_dtype, device=device, state_tuning=True,
                                     **shape, **llm_options)
-        encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype)
+        encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype,
+                                batching=asr.encoder_batching)
         projector = Projector(encoder.output_dim, llm.config.n_embd, hidden=asr.projector_hidden,
                               downsample=asr.downsample, kind=asr.projector)
         if tokenizer is None:
