@@ -23,6 +23,7 @@ from ..data.speech import SAMPLE_RATE, load_audio
 from ..data.tokenizer import WorldTokenizer
 from ..eval.wer import corpus_wer, format_wer_table, write_split_results
 from ..io import atomic_json_save, safe_torch_load
+from ..model import StepperCache
 from .asr_data import AsrDataModule, corpus_name, speech_dataset, speech_loader
 from .asr_module import AsrModule
 from .checkpoint import latest_weights
@@ -75,8 +76,9 @@ def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig) 
 
 
 @torch.no_grad()
-def transcribe(speech: SpeechRWKV, audio: list[np.ndarray], asr_cfg: AsrConfig, tokenizer) -> list[str]:
-    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg)]
+def transcribe(speech: SpeechRWKV, audio: list[np.ndarray], asr_cfg: AsrConfig, tokenizer,
+               steppers: StepperCache | None = None) -> list[str]:
+    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg, steppers)]
 
 
 def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
@@ -87,6 +89,7 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
         raise ValueError("nothing to score: give --eval_data (comma-separated corpora) or --val_file")
     speech, weights = load_trained(model_given, train_cfg, asr_cfg)
     tokenizer = WorldTokenizer()
+    steppers = StepperCache()              # one CUDA-graph capture per batch size, not per batch
     out_dir = weights.parent / f"eval-{weights.stem}"
     results, timing = {}, {}
     for source in sources:
@@ -98,7 +101,7 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
                           desc=f"decoding {split}", unit="batch"):
             if not batch["audio"]:
                 continue
-            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer)
+            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer, steppers)
             ids += batch["ids"]
             refs += batch["texts"]
             seconds += sum(len(a) for a in batch["audio"]) / SAMPLE_RATE
@@ -134,12 +137,13 @@ def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfi
     files = _audio_files(asr_cfg.audio)
     speech, weights = load_trained(model_given, train_cfg, asr_cfg)
     tokenizer = WorldTokenizer()
+    steppers = StepperCache()
     texts, seconds, start = {}, 0.0, time.perf_counter()
     for i in range(0, len(files), train_cfg.micro_bsz):
         chunk = files[i:i + train_cfg.micro_bsz]
         audio = [load_audio(str(f)) for f in chunk]
         seconds += sum(len(a) for a in audio) / SAMPLE_RATE
-        for path, text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer)):
+        for path, text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer, steppers)):
             texts[str(path)] = text
             print(f"{path}\t{text}", flush=True)
     elapsed = time.perf_counter() - start
