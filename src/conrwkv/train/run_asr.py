@@ -21,7 +21,7 @@ from ..asr.decode import decode
 from ..config import AsrConfig, ModelConfig, TrainConfig
 from ..data.speech import SAMPLE_RATE, load_audio
 from ..data.tokenizer import WorldTokenizer
-from ..eval.wer import corpus_wer, format_wer_table, write_split_results
+from ..eval.wer import format_wer_table, split_summary, write_split_results
 from ..io import atomic_json_save, safe_torch_load
 from ..model import StepperCache
 from .asr_data import AsrDataModule, corpus_name, speech_dataset, speech_loader
@@ -105,12 +105,11 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
             ids += batch["ids"]
             refs += batch["texts"]
             seconds += sum(len(a) for a in batch["audio"]) / SAMPLE_RATE
-        results[split] = corpus_wer(refs, hyps)
         timing[split] = {"audio_s": seconds, "decode_s": time.perf_counter() - start}
-        write_split_results(out_dir, split, ids, refs, hyps)
+        results[split] = write_split_results(out_dir, split, ids, refs, hyps)
     table = format_wer_table(results)
     summary = {"weights": str(weights), "beam": asr_cfg.beam,
-               "splits": {name: {**r.summary(), **timing[name]} for name, r in results.items()}}
+               "splits": {name: {**split_summary(r), **timing[name]} for name, r in results.items()}}
     atomic_json_save(summary, out_dir / "summary.json")
     print(f"\nCorpus WER of {weights} (beam {asr_cfg.beam}); files in {out_dir}\n{table}")
     return summary
