@@ -104,7 +104,8 @@ def test_eval_predict_and_merge(setup, tmp_path, capsys):
 
     asr.eval_data = setup["test"]
     summary = run_asr.eval_asr(model_cfg, {}, train_cfg, asr)
-    out = tmp_path / "run" / "eval-asr-step000002"
+    out = tmp_path / "run" / "eval-asr-step000002-beam2-tps8"
+    assert summary["eval_dir"] == str(out)
     refs = dict(line.split(" ", 1) for line in (out / "test-clean.ref.txt").read_text().splitlines())
     hyps = {}
     for line in (out / "test-clean.hyp.txt").read_text().splitlines():

@@ -83,9 +83,14 @@ class TrainConfig:
         "Output folder: step-numbered weights (.pth), resumable checkpoints, logs, run config."))
     data_file: str = field(default="", metadata=_help(
         "LM: a binidx prefix (path without .bin/.idx) or a datanew.py folder (train/val + "
-        "meta.json). ASR: a corpus (LibriSpeech split folder, save_to_disk folder or JSONL)."))
+        "meta.json). ASR: a corpus (LibriSpeech split folder, save_to_disk folder or JSONL), or "
+        "PATH:SPLIT for a folder holding several splits (a LibriSpeech root such as "
+        "data/LibriSpeech:train-clean-100, or a save_to_disk DatasetDict); a path that exists "
+        "as typed is a path, colons and all."))
     val_file: str = field(default="", metadata=_help(
-        "Validation data of the same kind (LM: default the folder's val; ASR: see eval_data)."))
+        "Validation data of the same kind (LM: default the folder's val; ASR: a corpus as for "
+        "data_file, e.g. data/LibriSpeech:dev-clean; also what --op eval scores without "
+        "--eval_data)."))
     data_type: str = field(default="auto", metadata=_help(
         "LM sampling: windows (fixed ctx_len windows, magic-prime order), documents (one document "
         "per sample, masked padding), or auto (documents for datanew.py folders).",
@@ -182,7 +187,9 @@ class AsrConfig:
         "Learning rate of the trained initial states at the last step."))
     eval_data: str = field(default="", metadata=_help(
         "--op eval: comma-separated corpora to score, each a LibriSpeech split folder, a "
-        "save_to_disk folder or a JSONL manifest; the split is named after the folder/file "
+        "save_to_disk folder or a JSONL manifest, or PATH:SPLIT for a folder of several splits "
+        "(data/LibriSpeech:test-clean,data/LibriSpeech:test-other). Reports name each by its "
+        "split (or folder / file name), with parent folders added where two would share a name "
         "(default: --val_file)."))
     audio: str = field(default="", metadata=_help(
         "--op predict: comma-separated audio files or folders to transcribe."))
@@ -191,5 +198,12 @@ class AsrConfig:
         "(default: the newest asr-step*.pth in proj_dir)."))
     skip_bad_audio: bool = field(default=False, metadata=_help(
         "Skip (and count in the log) corrupt, empty or missing audio files instead of stopping."))
-    min_duration: float = field(default=0.0, metadata=_help("Drop utterances shorter than this (s)."))
-    max_duration: float = field(default=30.0, metadata=_help("Drop utterances longer than this (s)."))
+    min_duration: float = field(default=0.0, metadata=_help(
+        "Training and validation data: drop utterances shorter than this (s; 0: no limit). "
+        "--op eval ignores it (see eval_max_duration)."))
+    max_duration: float = field(default=30.0, metadata=_help(
+        "Training and validation data: drop utterances longer than this (s; 0: no limit). "
+        "--op eval ignores it (see eval_max_duration)."))
+    eval_max_duration: float = field(default=0.0, metadata=_help(
+        "--op eval: score only utterances up to this long (s; 0: no limit, every utterance is "
+        "scored). The summary states how many were scored and how many were left out, and why."))
