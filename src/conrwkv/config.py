@@ -196,6 +196,9 @@ class AsrConfig:
     asr_weights: str = field(default="", metadata=_help(
         "--op eval / predict / merge: the trained weights (state, projector, conv) to use "
         "(default: the newest asr-step*.pth in proj_dir)."))
+    merge_out: str = field(default="", metadata=_help(
+        "--op merge: the .pth to write (default: <weights stem>-merged-llm.pth beside the "
+        "weights). An existing file is never overwritten: the merge stops with an error."))
     skip_bad_audio: bool = field(default=False, metadata=_help(
         "Skip (and count in the log) corrupt, empty or missing audio files instead of stopping."))
     min_duration: float = field(default=0.0, metadata=_help(

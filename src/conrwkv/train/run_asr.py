@@ -4,7 +4,8 @@ export of the state-tuned LLM as one official .pth (merge).
 The frozen parts come from --load_model (the RWKV World .pth) and --encoder (a local HuggingFace
 folder); the trained parts live in proj_dir as asr-step<N>.pth and are found again by eval,
 predict and merge (or named with --asr_weights). Nothing is written over an earlier output:
-each eval gets its own folder eval-<weights>-beam<B>-tps<T>[-N].
+each eval gets its own folder eval-<weights>-beam<B>-tps<T>[-N], and merge refuses an
+existing --merge_out.
 """
 
 from __future__ import annotations
@@ -215,9 +216,14 @@ def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfi
 
 def merge_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
               asr_cfg: AsrConfig) -> dict:
-    """Write the LLM with its trained time_state (and conv) as one official .pth."""
-    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
-    target = weights.with_name(f"{weights.stem}-merged-llm.pth")
+    """Write the LLM with its trained time_state (and conv) as one official .pth: --merge_out,
+    or <weights stem>-merged-llm.pth beside the weights; never over an existing file."""
+    weights = trained_weights(train_cfg, asr_cfg)
+    target = Path(asr_cfg.merge_out or weights.with_name(f"{weights.stem}-merged-llm.pth"))
+    if target.exists():
+        raise FileExistsError(f"{target} exists; choose another --merge_out (an existing file is "
+                              f"never overwritten)")
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
     speech.export_merged_llm(target)
     note = ("runs in the rwkv package as a state-tuned model" if not speech.llm.config.conv_kernel
             else "has Con-RWKV conv keys: runs in this project's RWKV6 only")
