@@ -1,15 +1,16 @@
-"""train.py --task asr --op eval on tiny models: every evaluation gets a folder of its own, corpora
-of one name stay apart, a test set is never silently shortened, and corpus errors come before the
-model is loaded."""
+"""train.py --task asr --op eval and --op predict on tiny models: every evaluation gets a folder of
+its own, corpora of one name stay apart, a test set is never silently shortened, corpus errors
+come before the model is loaded; predict skips bad audio only when asked, and says so."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
 from asr_factories import one_torch_thread
-from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech
+from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, write_tone
 
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
@@ -142,3 +143,28 @@ def test_corpus_errors_come_before_the_model_is_loaded(run, tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"^--val_file: .* holds several splits"):
         run_asr.eval_asr(ModelConfig(), {}, train_cfg, asr)
     assert not list((tmp_path / "run").glob("eval-*"))
+
+
+def test_predict_stops_at_a_bad_file_unless_asked_to_skip_it(run, tmp_path, capsys, caplog):
+    train_cfg, asr = run
+    folder = tmp_path / "audio"
+    write_tone(folder / "a.flac", 0.6)
+    (folder / "b.flac").write_bytes(b"")
+    write_tone(folder / "c.wav", 0.4)
+    asr.audio = str(folder)
+    with pytest.raises(ValueError, match=r"^--audio: audio file .*b.flac is empty \(0 bytes\) "
+                                         r"\(--skip_bad_audio skips such files\)$"):
+        run_asr.predict_asr(ModelConfig(), {}, train_cfg, asr)
+    asr.skip_bad_audio = True
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="conrwkv.train.run_asr"):
+        result = run_asr.predict_asr(ModelConfig(), {}, train_cfg, asr)
+    assert sorted(result["texts"]) == [str(folder / "a.flac"), str(folder / "c.wav")]
+    assert result["skipped"] == [str(folder / "b.flac")]
+    assert f"skipping {folder / 'b.flac'} (bad audio 1 so far): audio file" in caplog.text
+    assert "is empty (0 bytes)" in caplog.text
+    assert "2 files transcribed (1 of 3 skipped as bad audio)" in capsys.readouterr().out
+
+    asr.audio = f"{folder / 'b.flac'}"
+    with pytest.raises(ValueError, match=r"all 1 files are bad audio; nothing to transcribe"):
+        run_asr.predict_asr(ModelConfig(), {}, train_cfg, asr)

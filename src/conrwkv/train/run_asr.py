@@ -11,6 +11,7 @@ existing --merge_out.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from ..asr import SpeechRWKV
 from ..asr.decode import decode
 from ..config import AsrConfig, ModelConfig, TrainConfig
-from ..data.speech import SAMPLE_RATE, CorpusCounts, load_audio
+from ..data.speech import SAMPLE_RATE, AudioError, CorpusCounts, load_audio
 from ..data.tokenizer import WorldTokenizer
 from ..eval.fresh_names import new_folder
 from ..eval.wer import format_wer_table, split_summary, write_split_results
@@ -31,6 +32,8 @@ from .asr_data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, 
 from .asr_module import AsrModule
 from .checkpoint import latest_weights
 from .trainer import eval_device, fit, resolve_accelerator, resolve_max_steps, resolve_precision
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "asr"
 AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
@@ -192,26 +195,46 @@ def _audio_files(spec: str) -> list[Path]:
     return files
 
 
+def _load_or_skip(path: Path, asr_cfg: AsrConfig, skipped: list[str]) -> np.ndarray | None:
+    """The file's audio; for a bad file an error, or with --skip_bad_audio None and a warning."""
+    try:
+        return load_audio(str(path))
+    except AudioError as err:
+        if not asr_cfg.skip_bad_audio:
+            raise AudioError(f"--audio: {err} (--skip_bad_audio skips such files)") from err
+        skipped.append(str(path))
+        log.warning("--audio: skipping %s (bad audio %d so far): %s", path, len(skipped), err)
+        return None
+
+
 def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
                 asr_cfg: AsrConfig) -> dict:
-    """Transcribe --audio files/folders; print each text and the real-time factor."""
+    """Transcribe --audio files/folders; print each text and the real-time factor. A bad audio
+    file stops with an error naming it, or with --skip_bad_audio is skipped and counted."""
     files = _audio_files(asr_cfg.audio)
     speech, weights = load_trained(model_given, train_cfg, asr_cfg)
     tokenizer = WorldTokenizer()
     steppers = StepperCache()
-    texts, seconds, start = {}, 0.0, time.perf_counter()
+    texts, skipped, seconds, start = {}, [], 0.0, time.perf_counter()
     for i in range(0, len(files), train_cfg.micro_bsz):
-        chunk = files[i:i + train_cfg.micro_bsz]
-        audio = [load_audio(str(f)) for f in chunk]
+        loaded = [(path, _load_or_skip(path, asr_cfg, skipped)) for path in files[i:i + train_cfg.micro_bsz]]
+        chunk = [(path, audio) for path, audio in loaded if audio is not None]
+        if not chunk:
+            continue
+        audio = [a for _, a in chunk]
         seconds += sum(len(a) for a in audio) / SAMPLE_RATE
-        for path, text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer, steppers)):
+        for (path, _), text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer, steppers)):
             texts[str(path)] = text
             print(f"{path}\t{text}", flush=True)
+    if not texts:
+        raise ValueError(f"--audio {asr_cfg.audio}: all {len(files)} files are bad audio; nothing to "
+                         f"transcribe")
     elapsed = time.perf_counter() - start
     rtf = elapsed / seconds if seconds else float("nan")
-    print(f"{len(files)} files, {seconds:.1f} s of audio in {elapsed:.2f} s: real-time factor "
-          f"{rtf:.3f} ({eval_device(train_cfg)}, beam {asr_cfg.beam}, weights {weights})")
-    return {"texts": texts, "audio_s": seconds, "elapsed_s": elapsed, "rtf": rtf}
+    bad = f" ({len(skipped)} of {len(files)} skipped as bad audio)" if skipped else ""
+    print(f"{len(texts)} files transcribed{bad}, {seconds:.1f} s of audio in {elapsed:.2f} s: real-time "
+          f"factor {rtf:.3f} ({eval_device(train_cfg)}, beam {asr_cfg.beam}, weights {weights})")
+    return {"texts": texts, "skipped": skipped, "audio_s": seconds, "elapsed_s": elapsed, "rtf": rtf}
 
 
 def merge_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
