@@ -362,7 +362,8 @@ def corpus_splits(source: str | os.PathLike) -> list[str]:
     if not path.is_dir():
         return []
     if (path / "dataset_dict.json").is_file():
-        return [str(s) for s in json.loads((path / "dataset_dict.json").read_text())["splits"]]
+        listing = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))
+        return [str(s) for s in listing["splits"]]
     if (path / "state.json").is_file() or next(path.glob("*/*/*.trans.txt"), None) is not None:
         return []
     for root in (path, path / "LibriSpeech"):
