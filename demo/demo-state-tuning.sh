@@ -14,7 +14,8 @@
 #         OP=eval sh demo/demo-state-tuning.sh      (OP, like every variable, can come from the
 #                                                    environment or be edited below)
 # Output: $proj_dir/asr-step*.pth (trained tensors only) + .json, checkpoints/ (resume),
-#         eval-asr-step*/ (hypotheses, references, WER summary), logs/, tb/.
+#         eval-asr-step*-beam*-tps*/ (one new folder per evaluation, never overwritten:
+#         hypotheses, references, WER under two normalisers, docs/wer.md), logs/, tb/.
 set -eu
 
 OP=${OP:-all}                   # train | eval | predict | merge | all (train, eval, predict)
@@ -33,7 +34,8 @@ kernel_size=${kernel_size:-3}
 encoder=${encoder:-}            # local HuggingFace folder (HuBERT / wav2vec 2.0 / WavLM)
 train_data=${train_data:-}      # LibriSpeech split folder, save_to_disk folder or JSONL
 val_data=${val_data:-}
-eval_data=${eval_data:-}        # comma-separated, e.g. .../test-clean,.../test-other
+eval_data=${eval_data:-}        # comma-separated, e.g. .../test-clean,.../test-other or
+                                # data/LibriSpeech:test-clean,data/LibriSpeech:test-other
 predict_audio=${predict_audio:-}  # files or folders to transcribe (OP=predict)
 
 # ---- training ----

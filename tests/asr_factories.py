@@ -52,8 +52,9 @@ def tiny_hubert_folder(folder: Path, seed: int = 0, ctc: bool = False) -> Path:
     return folder
 
 
-def tiny_wav2vec2_folder(folder: Path, seed: int = 0) -> Path:
-    """A wav2vec2-base style folder: GroupNorm conv front end, extractor without attention mask."""
+def tiny_wav2vec2_folder(folder: Path, seed: int = 0, attention_mask: bool = False) -> Path:
+    """A wav2vec2-base style folder: GroupNorm conv front end, extractor without attention mask
+    (attention_mask=True: one that returns a mask, as WavLM-base's does)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     config = Wav2Vec2Config(**_TINY_ENCODER, feat_extract_norm="group")
@@ -61,7 +62,7 @@ def tiny_wav2vec2_folder(folder: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = Wav2Vec2Model(config)
     model.save_pretrained(folder)
-    _save_extractor(folder, attention_mask=False)
+    _save_extractor(folder, attention_mask=attention_mask)
     return folder
 
 

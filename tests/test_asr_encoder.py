@@ -1,10 +1,19 @@
 """The speech-encoder wrapper on tiny HuBERT / HuBERT-CTC / wav2vec 2.0 folders made here:
-shapes, valid frame counts by the conv length formula, padding independence, frozen and eval
-behaviour, and clear errors for missing folders and bad audio."""
+shapes, valid frame counts by the conv length formula, padding independence (batched only where
+the model is exact under padding, one utterance at a time otherwise), frozen and eval behaviour,
+and clear errors for missing folders and bad audio."""
+
+import logging
 
 import pytest
 import torch
-from asr_factories import one_torch_thread, random_audio, tiny_hubert_folder, tiny_wav2vec2_folder
+from asr_factories import (
+    one_torch_thread,
+    random_audio,
+    tiny_hubert_folder,
+    tiny_speech_rwkv,
+    tiny_wav2vec2_folder,
+)
 from torch import nn
 
 from conrwkv.asr import SpeechEncoder
@@ -98,22 +107,63 @@ def test_ctc_folder_loads_its_base_model(tmp_path):
     assert torch.allclose(features, reference, atol=1e-5)
 
 
-def test_encoder_without_attention_mask(wav2vec2_folder):
-    """wav2vec2-base style: counts still come from the true lengths; padding changes the features
-    (GroupNorm over the padded audio), unless each utterance runs alone."""
+@pytest.fixture(scope="module")
+def masked_group_norm_folder(tmp_path_factory):
+    """WavLM-base style: a GroupNorm front end whose feature extractor returns a mask."""
+    return tiny_wav2vec2_folder(tmp_path_factory.mktemp("wav2vec2-mask"), seed=6, attention_mask=True)
+
+
+def test_auto_batches_only_layer_norm_models_fed_a_mask(hubert_folder, wav2vec2_folder,
+                                                        masked_group_norm_folder, caplog):
+    caplog.set_level(logging.INFO, logger="conrwkv.asr.encoder")
+    hubert = SpeechEncoder(str(hubert_folder))
+    assert hubert.exact_when_batched and hubert.batched
+    assert not caplog.records                                     # nothing to explain
+    for folder, mask in ((wav2vec2_folder, "off"), (masked_group_norm_folder, "on")):
+        caplog.clear()
+        encoder = SpeechEncoder(str(folder))
+        assert encoder.uses_attention_mask == (mask == "on")
+        assert not encoder.exact_when_batched and not encoder.batched
+        [record] = caplog.records
+        assert record.levelno == logging.INFO and "each utterance runs alone" in record.getMessage()
+        assert f"feat_extract_norm='group', attention mask {mask}" in record.getMessage()
+    with pytest.raises(ValueError, match="batching must be one of"):
+        SpeechEncoder(str(hubert_folder), batching="sometimes")
+
+
+@pytest.mark.parametrize("which", ["no mask", "mask"])
+def test_group_norm_one_by_one_equals_alone_and_batch_differs(which, wav2vec2_folder,
+                                                              masked_group_norm_folder, caplog):
+    """Counts come from the true lengths either way; run alone, an utterance's features equal its
+    features in a batch (auto picks that); padded batches change every frame (GroupNorm over the
+    padding), with or without a mask, and `batch` warns so at load."""
+    folder = str(wav2vec2_folder if which == "no mask" else masked_group_norm_folder)
     short, long = random_audio([0.5, 1.2], seed=5)
-    padded = SpeechEncoder(str(wav2vec2_folder))
-    exact = SpeechEncoder(str(wav2vec2_folder), run_unmasked_alone=True)
-    assert not padded.uses_attention_mask
-    alone, (n,) = padded([short])
-    batched, counts = padded([long, short])
-    expected = [conv_output_length(len(a), padded.model.config) for a in (long, short)]
+    auto = SpeechEncoder(folder)
+    alone, (n,) = auto([short])
+    one_by_one, counts = auto([long, short])
+    expected = [conv_output_length(len(a), auto.model.config) for a in (long, short)]
     assert counts.tolist() == expected and n == expected[1]
-    assert (batched[1, :n] - alone[0]).abs().max() > 1e-3
-    one_by_one, counts_exact = exact([long, short])
-    assert counts_exact.tolist() == expected
-    assert torch.allclose(one_by_one[1, :n], alone[0], atol=1e-5)
+    torch.testing.assert_close(one_by_one[1, :n], alone[0], rtol=0, atol=1e-5)
     assert torch.equal(one_by_one[1, n:], torch.zeros_like(one_by_one[1, n:]))
+    explicit, _ = SpeechEncoder(folder, batching="one_by_one")([long, short])
+    torch.testing.assert_close(explicit, one_by_one, rtol=0, atol=1e-6)
+
+    caplog.set_level(logging.WARNING, logger="conrwkv.asr.encoder")
+    batched_encoder = SpeechEncoder(folder, batching="batch")
+    assert batched_encoder.batched
+    assert any("padding changes its outputs" in r.getMessage() for r in caplog.records)
+    batched, batch_counts = batched_encoder([long, short])
+    assert batch_counts.tolist() == expected
+    assert (batched[1, :n] - alone[0]).abs().max() > 1e-3
+
+
+def test_layer_norm_model_with_mask_batches_exactly(hubert_folder):
+    short, long = random_audio([0.5, 1.2], seed=7)
+    batched, counts = SpeechEncoder(str(hubert_folder))([long, short])
+    one_by_one, _ = SpeechEncoder(str(hubert_folder), batching="one_by_one")([long, short])
+    for row, n in enumerate(counts.tolist()):
+        torch.testing.assert_close(batched[row, :n], one_by_one[row, :n], rtol=0, atol=1e-5)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
@@ -137,3 +187,8 @@ def test_bad_audio_is_refused(hubert_folder):
         encoder(random_audio([0.5]) + [random_audio([0.01])[0]])
     with pytest.raises(ValueError, match="non-empty list"):
         encoder([])
+
+
+def test_speech_rwkv_passes_the_batching_choice_on(tmp_path):
+    assert tiny_speech_rwkv(tmp_path).encoder.batched                       # tiny HuBERT: exact
+    assert not tiny_speech_rwkv(tmp_path, encoder_batching="one_by_one").encoder.batched

@@ -233,6 +233,21 @@ def test_bf16_llm_keeps_the_trained_tensors_fp32(model_dir):
 
 
 # ---------------------------------------------------------------- merged export
+def test_merge_never_replaces_a_file_that_appears_while_it_writes(model, tmp_path, monkeypatch):
+    target = tmp_path / "merged.pth"
+    save = model.llm.save_checkpoint
+
+    def someone_else_writes_target_meanwhile(path, dtype=None):
+        save(path, dtype)
+        target.write_bytes(b"another run's file")
+
+    monkeypatch.setattr(model.llm, "save_checkpoint", someone_else_writes_target_meanwhile)
+    with pytest.raises(FileExistsError, match="merged.pth exists; choose another name"):
+        model.export_merged_llm(target)
+    assert target.read_bytes() == b"another run's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["merged.pth"]          # no partial file left
+
+
 def test_merged_pth_runs_state_tuned_in_the_rwkv_package(model, tmp_path):
     rwkv_model = pytest.importorskip("rwkv.model")
     with torch.no_grad():

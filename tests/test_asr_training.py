@@ -104,7 +104,8 @@ def test_eval_predict_and_merge(setup, tmp_path, capsys):
 
     asr.eval_data = setup["test"]
     summary = run_asr.eval_asr(model_cfg, {}, train_cfg, asr)
-    out = tmp_path / "run" / "eval-asr-step000002"
+    out = tmp_path / "run" / "eval-asr-step000002-beam2-tps8"
+    assert summary["eval_dir"] == str(out)
     refs = dict(line.split(" ", 1) for line in (out / "test-clean.ref.txt").read_text().splitlines())
     hyps = {}
     for line in (out / "test-clean.hyp.txt").read_text().splitlines():
@@ -128,8 +129,34 @@ def test_eval_predict_and_merge(setup, tmp_path, capsys):
     assert llm.config.state_tuning
     torch.testing.assert_close(llm.blocks[1].att.time_state.float(),
                                trained["llm.blocks.1.att.time_state"])
-    with pytest.raises(FileExistsError):
+    before = merged.read_bytes()
+    with pytest.raises(FileExistsError, match=r"merged-llm.pth exists; choose another --merge_out"):
         run_asr.merge_asr(model_cfg, {}, train_cfg, asr)
+    assert merged.read_bytes() == before
+    asr.merge_out = str(tmp_path / "exports" / "mine.pth")
+    assert run_asr.merge_asr(model_cfg, {}, train_cfg, asr)["merged"] == asr.merge_out
+    assert RWKV6.from_checkpoint(asr.merge_out).config.state_tuning
+
+    # The command line says so in one line, names the flag, and exits 2.
+    cli = _train_py()
+    argv = ["--task", "asr", "--op", "merge", "--proj_dir", str(tmp_path / "run"), "--load_model",
+            setup["llm"], "--encoder", setup["encoder"], "--projector_hidden", "64",
+            "--merge_out", asr.merge_out]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"train.py: error: {asr.merge_out} exists; choose another --merge_out (an existing "
+                   f"file is never overwritten)\n")
+
+
+def _train_py():
+    """The repository's train.py as a module (it sits at the root, outside the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_py", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_missing_inputs_are_clear_errors(setup, tmp_path):

@@ -129,3 +129,85 @@ def test_greedy_decode_on_a_stepper_equals_the_eager_loop(tmp_path):
     assert greedy_decode(model, audio, max_tokens=3, stepper=True) == greedy_decode(
         model, audio, max_tokens=3, stepper=False)
     assert greedy_decode(model, audio[:2], max_tokens=0, stepper=True) == [[], []]
+
+
+def test_a_stepper_cache_reuses_one_stepper_per_batch_size(tmp_path, monkeypatch):
+    """Greedy decoding from a StepperCache builds one stepper per batch size (on a GPU: one graph
+    capture), gives the hypotheses of the uncached path, follows weights changed in place, and
+    builds a new stepper when a tensor's storage is replaced (a graph would read the old memory)."""
+    from asr_factories import random_audio, tiny_speech_rwkv
+
+    from conrwkv.asr import greedy_decode
+    from conrwkv.model import StepperCache
+
+    built = []
+    original_init = RNNStepper.__init__
+
+    def counting_init(self, model, batch_size, *args, **kwargs):
+        built.append(batch_size)
+        original_init(self, model, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(RNNStepper, "__init__", counting_init)
+    model = tiny_speech_rwkv(tmp_path).eval()
+    with torch.no_grad():
+        for block in model.llm.blocks:
+            block.att.time_state.normal_(0.0, 0.5)
+    batches = [random_audio([1.0, 0.7], seed=1), random_audio([0.9, 1.2], seed=2),
+               random_audio([0.8, 0.6, 1.1], seed=3)]
+    uncached = [greedy_decode(model, audio, stepper=True) for audio in batches]
+    assert built == [2, 2, 3]
+    built.clear()
+    cache = StepperCache()
+    assert [greedy_decode(model, audio, stepper=True, steppers=cache) for audio in batches] == uncached
+    assert built == [2, 3]                                      # the second batch of 2 reused it
+    first = cache.get(model.llm, 2)
+    assert cache.get(model.llm, 2) is first and cache.get(model.llm, 3) is not first
+
+    with torch.no_grad():                                       # trained further, in place
+        for block in model.llm.blocks:
+            block.att.time_state.mul_(-1.0)
+    expected = greedy_decode(model, batches[0], stepper=False)
+    assert greedy_decode(model, batches[0], stepper=True, steppers=cache) == expected
+    assert cache.get(model.llm, 2) is first
+
+    block = model.llm.blocks[0].att
+    block.time_state.data = block.time_state.data.clone()       # same values, new storage
+    built.clear()
+    assert greedy_decode(model, batches[0], stepper=True, steppers=cache) == expected
+    assert built == [2] and cache.get(model.llm, 2) is not first
+
+
+@pytest.mark.cuda
+def test_a_cached_graph_reads_weights_changed_in_place_and_is_recaptured_for_new_storage_cuda():
+    """On a GPU the cached stepper replays one captured graph: a weight changed in place is read
+    by the next replay; a weight given new storage makes the cache capture a new graph."""
+    from conrwkv.model import StepperCache
+
+    model = randomize_(RWKV6(tiny_config(head_size=64, n_embd=128)), seed=3).cuda().eval()
+    prompt = torch.randint(0, 97, (2, 6), device="cuda")
+    cache = StepperCache()
+
+    def step_from_prompt(stepper):
+        with torch.no_grad():
+            logits, state = model(prompt)
+        stepper.reset(state)
+        return stepper.step(logits[:, -1].argmax(-1)).clone()
+
+    def eager():
+        return step_from_prompt(RNNStepper(model, 2, use_graph=False))
+
+    first = cache.get(model, 2)
+    assert first.graph is not None
+    before = step_from_prompt(first)
+    torch.testing.assert_close(before, eager(), rtol=1e-3, atol=1e-3)
+    with torch.no_grad():
+        model.head.weight.mul_(0.5)
+        model.blocks[0].att.output.weight.mul_(-1.0)
+    assert cache.get(model, 2) is first
+    after = step_from_prompt(first)
+    torch.testing.assert_close(after, eager(), rtol=1e-3, atol=1e-3)
+    assert (after - before).abs().max() > 1e-2
+    model.head.weight.data = model.head.weight.data * 2.0
+    second = cache.get(model, 2)
+    assert second is not first and second.graph is not None
+    torch.testing.assert_close(step_from_prompt(second), eager(), rtol=1e-3, atol=1e-3)

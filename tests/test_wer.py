@@ -90,15 +90,29 @@ def test_split_files_summary_and_table(tmp_path):
         "1-2-0001 GOOD MORNING TO YOU\n1-2-0002 HELLO WORLD\n")
     summary = json.loads((tmp_path / "test-clean.wer.json").read_text())
     assert summary["wer"] == pytest.approx(1 / 6) and summary["split"] == "test-clean"
-    assert summary["errors"] == 1 and summary["reference_words"] == 6 and "lowercase" in summary["normalizer"]
+    assert summary["errors"] == 1 and summary["reference_words"] == 6
+    assert summary["normalizer"] == "project" and "lowercase" in summary["normalizer_rule"]
+    assert summary["whisper"]["normalizer"] == "whisper" and summary["whisper"]["wer"] == pytest.approx(1 / 6)
+    assert "Whisper" in summary["whisper"]["normalizer_rule"]
     assert read_split_summary(tmp_path, "test-clean") == result
+    assert set(result) == {"project", "whisper"}
 
-    other = WerResult(utterances=3, reference_words=40, hypothesis_words=41, hits=37,
-                      substitutions=2, deletions=1, insertions=2)
+    other = {name: WerResult(normalizer=name, utterances=3, reference_words=40 - i, hypothesis_words=41,
+                             hits=37 - i, substitutions=2, deletions=1, insertions=2)
+             for i, name in enumerate(("project", "whisper"))}
     table = format_wer_table({"test-clean": result, "test-other": other}).splitlines()
-    assert table[0].startswith("| split |") and len(table) == 4
-    assert table[2] == "| test-clean | 2 | 6 | 16.67 | 1 | 0 | 0 |"
-    assert table[3] == "| test-other | 3 | 40 | 12.50 | 2 | 1 | 2 |"
+    assert table[0].startswith("| split |") and "Whisper-norm. WER %" in table[0] and len(table) == 4
+    assert table[2] == "| test-clean | 2 | 6 | 16.67 | 1 | 0 | 0 | 16.67 | 6 |"
+    assert table[3] == "| test-other | 3 | 40 | 12.50 | 2 | 1 | 2 | 12.82 | 39 |"
+    table = format_wer_table({"test-other": other}, in_corpus={"test-other": 5}).splitlines()
+    assert table[2].startswith("| test-other | 3 / 5 | 40 |")
+
+
+def test_split_results_are_never_replaced(tmp_path):
+    write_split_results(tmp_path, "dev", ["a"], ["x"], ["x"])
+    with pytest.raises(FileExistsError, match=r"dev.hyp.txt.*never replaced"):
+        write_split_results(tmp_path, "dev", ["a"], ["y"], ["y"])
+    assert (tmp_path / "dev.ref.txt").read_text() == "a x\n"
 
 
 def test_split_results_refuse_inconsistent_input(tmp_path):

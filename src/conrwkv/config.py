@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 ARCHITECTURES = ("x060", "x052")
+ENCODER_BATCHING = ("auto", "batch", "one_by_one")
 
 
 def _help(text: str, **extra) -> dict:
@@ -94,9 +95,14 @@ class TrainConfig:
         "Output folder: step-numbered weights (.pth), resumable checkpoints, logs, run config."))
     data_file: str = field(default="", metadata=_help(
         "LM: a binidx prefix (path without .bin/.idx) or a datanew.py folder (train/val + "
-        "meta.json). ASR: a corpus (LibriSpeech split folder, save_to_disk folder or JSONL)."))
+        "meta.json). ASR: a corpus (LibriSpeech split folder, save_to_disk folder or JSONL), or "
+        "PATH:SPLIT for a folder holding several splits (a LibriSpeech root such as "
+        "data/LibriSpeech:train-clean-100, or a save_to_disk DatasetDict); a path that exists "
+        "as typed is a path, colons and all."))
     val_file: str = field(default="", metadata=_may_change(
-        "Validation data of the same kind (LM: default the folder's val; ASR: see eval_data)."))
+        "Validation data of the same kind (LM: default the folder's val; ASR: a corpus as for "
+        "data_file, e.g. data/LibriSpeech:dev-clean; also what --op eval scores without "
+        "--eval_data)."))
     data_type: str = field(default="auto", metadata=_help(
         "LM sampling: windows (fixed ctx_len windows, magic-prime order), documents (one document "
         "per sample, masked padding), or auto (documents for datanew.py folders).",
@@ -159,6 +165,12 @@ class AsrConfig:
     encoder: str = field(default="", metadata=_help(
         "Speech encoder: a local HuggingFace folder (HuBERT, wav2vec 2.0 or WavLM, saved with "
         "save_pretrained, with its preprocessor_config.json), or a hub id when online."))
+    encoder_batching: str = field(default="auto", metadata=_help(
+        "How the speech encoder meets a batch: auto (padded batches only for models that padding "
+        "cannot change, a LayerNorm front end (feat_extract_norm 'layer') fed an attention mask; "
+        "other models, e.g. wav2vec2-base and other GroupNorm ones, one utterance at a time), batch "
+        "(always padded batches: faster, but a GroupNorm model's features then depend on the "
+        "batch), or one_by_one (never batch).", choices=ENCODER_BATCHING))
     encoder_trainable: bool = field(default=False, metadata=_help(
         "Train the speech encoder too (default: frozen, as in SLAM-ASR and RWKV-ASR)."))
     projector: str = field(default="linear", metadata=_help(
@@ -175,24 +187,36 @@ class AsrConfig:
     lowercase: bool = field(default=True, metadata=_help(
         "Lowercase transcripts before tokenising them as targets (LibriSpeech is uppercase; the "
         "LLM has seen mostly mixed-case text; WER is scored case-insensitively anyway)."))
-    beam: int = field(default=1, metadata=_help("Beam size for decoding (1: greedy)."))
-    max_tokens_per_second: float = field(default=8.0, metadata=_help(
+    beam: int = field(default=1, metadata=_may_change("Beam size for decoding (1: greedy)."))
+    max_tokens_per_second: float = field(default=8.0, metadata=_may_change(
         "Decoding stops after this many tokens per second of audio (plus 10) if no end token."))
     lr_state_init: float = field(default=1.0, metadata=_help(
         "Learning rate of the trained initial states (time_state) after warmup; state tuning "
         "wants a far larger rate than the projector (lr_init)."))
     lr_state_final: float = field(default=0.01, metadata=_help(
         "Learning rate of the trained initial states at the last step."))
-    eval_data: str = field(default="", metadata=_help(
+    eval_data: str = field(default="", metadata=_may_change(
         "--op eval: comma-separated corpora to score, each a LibriSpeech split folder, a "
-        "save_to_disk folder or a JSONL manifest; the split is named after the folder/file "
+        "save_to_disk folder or a JSONL manifest, or PATH:SPLIT for a folder of several splits "
+        "(data/LibriSpeech:test-clean,data/LibriSpeech:test-other). Reports name each by its "
+        "split (or folder / file name), with parent folders added where two would share a name "
         "(default: --val_file)."))
-    audio: str = field(default="", metadata=_help(
+    audio: str = field(default="", metadata=_may_change(
         "--op predict: comma-separated audio files or folders to transcribe."))
-    asr_weights: str = field(default="", metadata=_help(
+    asr_weights: str = field(default="", metadata=_may_change(
         "--op eval / predict / merge: the trained weights (state, projector, conv) to use "
         "(default: the newest asr-step*.pth in proj_dir)."))
-    skip_bad_audio: bool = field(default=False, metadata=_help(
+    merge_out: str = field(default="", metadata=_may_change(
+        "--op merge: the .pth to write (default: <weights stem>-merged-llm.pth beside the "
+        "weights). An existing file is never overwritten: the merge stops with an error."))
+    skip_bad_audio: bool = field(default=False, metadata=_may_change(
         "Skip (and count in the log) corrupt, empty or missing audio files instead of stopping."))
-    min_duration: float = field(default=0.0, metadata=_help("Drop utterances shorter than this (s)."))
-    max_duration: float = field(default=30.0, metadata=_help("Drop utterances longer than this (s)."))
+    min_duration: float = field(default=0.0, metadata=_help(
+        "Training and validation data: drop utterances shorter than this (s; 0: no limit). "
+        "--op eval ignores it (see eval_max_duration)."))
+    max_duration: float = field(default=30.0, metadata=_help(
+        "Training and validation data: drop utterances longer than this (s; 0: no limit). "
+        "--op eval ignores it (see eval_max_duration)."))
+    eval_max_duration: float = field(default=0.0, metadata=_may_change(
+        "--op eval: score only utterances up to this long (s; 0: no limit, every utterance is "
+        "scored). The summary states how many were scored and how many were left out, and why."))

@@ -16,7 +16,8 @@ finished are dropped from the state (`RWKVState.select`), so a batch gives the s
 as decoding each utterance alone. On a GPU, greedy decoding instead keeps the batch fixed and
 replays each token step from a CUDA graph (conrwkv.model.RNNStepper): finished rows keep stepping
 and are ignored, which gives the same hypotheses without a few hundred launches from Python per
-token.
+token. Given a StepperCache (the eval loop owns one), the stepper, and so the graph captured for
+a batch size, is reused by every later batch of that size.
 
 An utterance may generate at most `max_tokens_per_second * seconds + 10` tokens, the end token
 included; decoding stops at token 0 (end of text), which is not returned.
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..config import AsrConfig
-from ..model import RWKV6, LayerState, RNNStepper, RWKVState
+from ..model import RWKV6, LayerState, RNNStepper, RWKVState, StepperCache
 from .encoder import SAMPLE_RATE
 from .speech_rwkv import SpeechRWKV
 
@@ -123,13 +124,15 @@ def _best_candidates(candidates: Tensor, k: int) -> tuple[list[list[float]], lis
 
 
 def greedy_decode(model: SpeechRWKV, audio: list[np.ndarray], max_tokens_per_second: float = 8.0,
-                  max_tokens: int | None = None, stepper: bool | None = None) -> list[list[int]]:
+                  max_tokens: int | None = None, stepper: bool | None = None,
+                  steppers: StepperCache | None = None) -> list[list[int]]:
     """Argmax decoding. `max_tokens` overrides the limit derived from the audio length.
 
     `stepper` (default: on for a model on a CUDA device) runs the token steps through an
     RNNStepper at a fixed batch size: one CUDA-graph replay per token instead of a few hundred
     kernel launches from Python, which bound the eager loop. Finished rows then keep stepping and
-    are ignored, rather than being dropped; the hypotheses are the same."""
+    are ignored, rather than being dropped; the hypotheses are the same. `steppers` supplies
+    that RNNStepper from a cache (one capture per batch size); without it one is built here."""
     limits = _limits(audio, max_tokens_per_second, max_tokens)
     outputs: list[list[int]] = [[] for _ in audio]
     with _inference(model):
@@ -141,7 +144,9 @@ def greedy_decode(model: SpeechRWKV, audio: list[np.ndarray], max_tokens_per_sec
         if stepper is None:
             stepper = logits.device.type == "cuda"
         if stepper and active:
-            _greedy_fixed_batch(model, logits, state, active, limits, outputs)
+            runner = (RNNStepper(model.llm, len(active)) if steppers is None
+                      else steppers.get(model.llm, len(active)))
+            _greedy_fixed_batch(runner, model.eot_id, logits, state, active, limits, outputs)
             return outputs
         while active:
             best = logits.argmax(-1).tolist()
@@ -155,15 +160,14 @@ def greedy_decode(model: SpeechRWKV, audio: list[np.ndarray], max_tokens_per_sec
     return outputs
 
 
-def _greedy_fixed_batch(model: SpeechRWKV, logits: Tensor, state: RWKVState, active: list[int],
-                        limits: list[int], outputs: list[list[int]]) -> None:
+def _greedy_fixed_batch(runner: RNNStepper, eot_id: int, logits: Tensor, state: RWKVState,
+                        active: list[int], limits: list[int], outputs: list[list[int]]) -> None:
     """greedy_decode's loop on an RNNStepper: row r of the batch decodes utterance active[r]."""
-    runner = RNNStepper(model.llm, len(active))
     runner.reset(state)
     live = list(range(len(active)))
     while live:
         best = logits.argmax(-1).tolist()
-        live = _emit(best, live, active, model.eot_id, limits, outputs)
+        live = _emit(best, live, active, eot_id, limits, outputs)
         if live:
             logits = runner.step(torch.tensor(best, dtype=torch.long, device=logits.device))
 
@@ -254,8 +258,10 @@ def beam_search(model: SpeechRWKV, audio: list[np.ndarray], beam: int = 4,
     return [max(hypotheses, key=lambda h: h[0])[1] for hypotheses in finished]
 
 
-def decode(model: SpeechRWKV, audio: list[np.ndarray], asr: AsrConfig) -> list[list[int]]:
-    """Greedy for asr.beam == 1, beam search otherwise; limits from asr.max_tokens_per_second."""
+def decode(model: SpeechRWKV, audio: list[np.ndarray], asr: AsrConfig,
+           steppers: StepperCache | None = None) -> list[list[int]]:
+    """Greedy for asr.beam == 1 (on `steppers`' RNNSteppers when given), beam search otherwise;
+    limits from asr.max_tokens_per_second."""
     if asr.beam == 1:
-        return greedy_decode(model, audio, asr.max_tokens_per_second)
+        return greedy_decode(model, audio, asr.max_tokens_per_second, steppers=steppers)
     return beam_search(model, audio, asr.beam, asr.max_tokens_per_second)

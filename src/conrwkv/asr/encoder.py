@@ -11,24 +11,31 @@ extractor's padding value, so an utterance's inputs never depend on its neighbou
 of valid frames comes from the model's own conv output-length formula applied to the true audio
 lengths, never from the padded length.
 
-Padding and encoders without an attention mask: extractors saved with
-`return_attention_mask=False` (wav2vec2-base and other models whose first conv layer uses
-GroupNorm) must not receive a mask; HuggingFace feeds them zero-padded audio instead. Their
-GroupNorm then normalises over the padding too and the transformer attends to padded frames, so
-an utterance's features change slightly with the length of the longest utterance in its batch.
-`run_unmasked_alone=True` runs such utterances one at a time, which makes the features exact at
-the cost of speed; length-bucketed batches keep the effect small otherwise. Models with a mask
-(HuBERT, WavLM, wav2vec2-large-lv60 style) are exact under padding either way.
+Batching and padding: a batch is padded to its longest utterance, and whether the padding can
+change an utterance's features depends on the model, not on its feature extractor. Only a
+LayerNorm conv front end (config `feat_extract_norm == "layer"`: HuBERT, wav2vec2-large-lv60,
+WavLM-large) fed an attention mask is exact under padding. A GroupNorm front end
+(`feat_extract_norm == "group"`: wav2vec2-base, HuBERT-base, WavLM-base) normalises each channel
+over the whole padded input, so every frame changes with the batch's longest utterance, mask or
+no mask; and without a mask the transformer attends to the padded frames too. `batching`
+(AsrConfig.encoder_batching) decides: "auto" batches the exact models and runs the others one
+utterance at a time (exact, slower; logged at load), "batch" always batches (faster; a warning
+at load says that it changes a non-exact model's outputs), "one_by_one" never batches.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..config import ENCODER_BATCHING
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 
@@ -67,15 +74,24 @@ def _load_pretrained(name: str, dtype: torch.dtype):
     return model, extractor
 
 
+def exact_under_padding(model_config, uses_attention_mask: bool) -> bool:
+    """Whether padded batches leave each utterance's features as they are alone: a LayerNorm conv
+    front end fed an attention mask (see the module docstring for why nothing else is)."""
+    return getattr(model_config, "feat_extract_norm", None) == "layer" and uses_attention_mask
+
+
 class SpeechEncoder(nn.Module):
     def __init__(self, name: str, trainable: bool = False, dtype: torch.dtype = torch.float32,
-                 run_unmasked_alone: bool = False):
+                 batching: str = "auto"):
         """Load the encoder `name` (a local folder, or a hub id when online) with its own feature
         extractor. Frozen by default: no gradients and always in eval mode, so dropout, LayerDrop
-        and SpecAugment masking stay off even while the parent module trains."""
+        and SpecAugment masking stay off even while the parent module trains. `batching`: auto,
+        batch or one_by_one (module docstring)."""
         super().__init__()
         if not name:
             raise ValueError("speech encoder: no folder given (AsrConfig.encoder / --encoder is empty)")
+        if batching not in ENCODER_BATCHING:
+            raise ValueError(f"speech encoder: batching must be one of {ENCODER_BATCHING}, got {batching!r}")
         self.name = name
         self.model, self.extractor = _load_pretrained(name, dtype)
         if not hasattr(self.model, "_get_feat_extract_output_lengths"):
@@ -89,7 +105,19 @@ class SpeechEncoder(nn.Module):
                              f"audio; this project feeds {SAMPLE_RATE} Hz")
         self.trainable = trainable
         self.uses_attention_mask = bool(self.extractor.return_attention_mask)
-        self.run_unmasked_alone = run_unmasked_alone
+        self.exact_when_batched = exact_under_padding(self.model.config, self.uses_attention_mask)
+        self.batched = batching == "batch" or (batching == "auto" and self.exact_when_batched)
+        if not self.exact_when_batched:
+            why = (f"feat_extract_norm={getattr(self.model.config, 'feat_extract_norm', None)!r}, "
+                   f"attention mask {'on' if self.uses_attention_mask else 'off'}")
+            if self.batched:
+                log.warning("speech encoder %s (%s): padding changes its outputs, and encoder_batching="
+                            "batch runs it in padded batches anyway: an utterance's features depend on "
+                            "the other utterances of its batch", name, why)
+            else:
+                log.info("speech encoder %s (%s): padding would change its outputs, so each utterance "
+                         "runs alone (encoder_batching=%s; 'batch' is faster but not exact)", name, why,
+                         batching)
         self.model.requires_grad_(trainable)
         self.train(False)
 
@@ -123,7 +151,8 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"speech encoder: audio item(s) {too_short} are too short "
                              f"({[len(values[i]) for i in too_short]} samples) for one encoder frame")
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            if self.uses_attention_mask or not self.run_unmasked_alone or len(set(lengths.tolist())) == 1:
+            # Utterances of one length need no padding, so a batch of them is exact for any model.
+            if self.batched or len(set(lengths.tolist())) == 1:
                 features = self._encode(values)
             else:
                 features = self._encode_one_by_one(values, int(counts.max()))

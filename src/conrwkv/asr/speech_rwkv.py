@@ -92,7 +92,8 @@ class SpeechRWKV(nn.Module):
             llm_options["conv_kernel"] = conv_kernel
         llm = RWKV6.from_checkpoint(llm_path, dtype=llm_dtype, device=device, state_tuning=True,
                                     **shape, **llm_options)
-        encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype)
+        encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype,
+                                batching=asr.encoder_batching)
         projector = Projector(encoder.output_dim, llm.config.n_embd, hidden=asr.projector_hidden,
                               downsample=asr.downsample, kind=asr.projector)
         if tokenizer is None:
@@ -155,17 +156,26 @@ class SpeechRWKV(nn.Module):
             for name, param in own.items():
                 param.copy_(state_dict[name])
 
-    def export_merged_llm(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                          overwrite: bool = False) -> Path:
-        """Write the whole LLM with its trained time_state (and conv) as an official `.pth`.
+    def export_merged_llm(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write the whole LLM with its trained time_state (and conv) as an official `.pth`; an
+        existing `path` is never overwritten (FileExistsError).
 
         Without a conv the `rwkv` package runs it as a state-tuned World model; a conv file runs
         in this project's RWKV6 only. `dtype` None keeps every tensor's own dtype (frozen
         weights as loaded, trained state in fp32)."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; choose a new name (or overwrite=True)")
-        self.llm.save_checkpoint(path, dtype)
+        exists = f"{path} exists; choose another name (an existing file is never overwritten)"
+        if path.exists():
+            raise FileExistsError(exists)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            self.llm.save_checkpoint(partial, dtype)
+            # A hard link fails if the name was taken meanwhile; a rename would replace that file.
+            os.link(partial, path)
+        except FileExistsError:
+            raise FileExistsError(exists) from None
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     # ---------------------------------------------------------------- inputs

@@ -355,23 +355,70 @@ def detect_format(source: str | os.PathLike, split: str | None = None) -> str:
                      + (f" (or its parent with split {split!r})" if split else ""))
 
 
+def corpus_splits(source: str | os.PathLike) -> list[str]:
+    """The splits of a folder that holds several: the split folders of a LibriSpeech root (the
+    folder holding test-clean/, test-other/, ..., or holding LibriSpeech/ that holds them), or
+    the splits of a save_to_disk DatasetDict. [] for anything that is one corpus already (a
+    manifest, a LibriSpeech split folder, a single Dataset) or is no corpus."""
+    path = Path(source)
+    if not path.is_dir():
+        return []
+    if (path / "dataset_dict.json").is_file():
+        listing = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))
+        return [str(s) for s in listing["splits"]]
+    if (path / "state.json").is_file() or next(path.glob("*/*/*.trans.txt"), None) is not None:
+        return []
+    for root in (path, path / "LibriSpeech"):
+        if root.is_dir():
+            found = sorted(p.name for p in root.iterdir()
+                           if p.is_dir() and next(p.glob("*/*/*.trans.txt"), None) is not None)
+            if found:
+                return found
+    return []
+
+
+@dataclass(frozen=True)
+class CorpusCounts:
+    """How many utterances a corpus lists, and how many load_corpus left out and why."""
+
+    in_corpus: int
+    bad_audio: int                 # skipped by check_audio (skip_bad_audio)
+    outside_duration: int          # dropped by the duration filters
+
+    @property
+    def kept(self) -> int:
+        return self.in_corpus - self.bad_audio - self.outside_duration
+
+
+def load_corpus_with_counts(source: str | os.PathLike, split: str | None = None, *,
+                            text_column: str | None = None, skip_bad_audio: bool = False,
+                            min_duration: float | None = None, max_duration: float | None = None
+                            ) -> tuple[list[Utterance], CorpusCounts]:
+    """load_corpus, and the counts of what the corpus held and what was left out."""
+    kind = detect_format(source, split)
+    if kind == "manifest":
+        if split is not None:
+            raise ValueError(f"{source} is a manifest (one split); split {split!r} does not apply")
+        listed = load_manifest(source)
+    elif kind == "disk_dataset":
+        listed = load_disk_dataset(source, split, text_column=text_column)
+    else:
+        listed = load_librispeech(source, split)
+    checked = check_audio(listed, skip_bad_audio=skip_bad_audio)
+    kept = filter_by_duration(checked, min_duration, max_duration)
+    return kept, CorpusCounts(in_corpus=len(listed), bad_audio=len(listed) - len(checked),
+                              outside_duration=len(checked) - len(kept))
+
+
 def load_corpus(source: str | os.PathLike, split: str | None = None, *, text_column: str | None = None,
                 skip_bad_audio: bool = False, min_duration: float | None = None,
                 max_duration: float | None = None) -> list[Utterance]:
     """Read any supported form, check that every audio exists and is readable (header only),
     fill in durations, and apply the duration filters. A bad file raises AudioError, or with
-    skip_bad_audio is left out and counted in the log."""
-    kind = detect_format(source, split)
-    if kind == "manifest":
-        if split is not None:
-            raise ValueError(f"{source} is a manifest (one split); split {split!r} does not apply")
-        utterances = load_manifest(source)
-    elif kind == "disk_dataset":
-        utterances = load_disk_dataset(source, split, text_column=text_column)
-    else:
-        utterances = load_librispeech(source, split)
-    utterances = check_audio(utterances, skip_bad_audio=skip_bad_audio)
-    return filter_by_duration(utterances, min_duration, max_duration)
+    skip_bad_audio is left out and counted in the log. load_corpus_with_counts also says how
+    many utterances the corpus held and how many were left out."""
+    return load_corpus_with_counts(source, split, text_column=text_column, skip_bad_audio=skip_bad_audio,
+                                   min_duration=min_duration, max_duration=max_duration)[0]
 
 
 def check_audio(utterances: Sequence[Utterance], skip_bad_audio: bool = False) -> list[Utterance]:

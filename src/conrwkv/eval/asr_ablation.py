@@ -5,8 +5,10 @@ trained weights, with the steps, training time and decoding time that produced i
         --json output/ablation.json
 
 Each run folder must hold `asr-step<N>.pth` with its `.json` sidecar (written by training) and
-`eval-asr-step<N>/summary.json` (written by `--op eval`) for the same N: a table row never mixes
-the WER of one checkpoint with the steps of another.
+an evaluation of the same N, `eval-asr-step<N>-.../summary.json` (written by `--op eval`): a
+table row never mixes the WER of one checkpoint with the steps of another. Where N was evaluated
+more than once (another beam, a re-run), the newest evaluation is used, and stderr names it and
+the others; each row records the folder it read.
 """
 
 from __future__ import annotations
@@ -22,19 +24,38 @@ from ..train.checkpoint import latest_weights
 WEIGHTS_NAME = "asr"
 
 
+def eval_summary(label: str, weights: Path) -> Path:
+    """summary.json of the newest evaluation of `weights` (eval-<stem>-*/, or eval-<stem>/ as
+    written before evaluations were named by their settings)."""
+    stem = f"eval-{weights.stem}"
+    found = sorted((p / "summary.json" for p in weights.parent.glob(f"{stem}*")
+                    if (p.name == stem or p.name.startswith(f"{stem}-")) and (p / "summary.json").is_file()),
+                   key=lambda path: (path.stat().st_mtime, str(path)))
+    if not found:
+        raise FileNotFoundError(f"run {label!r}: no {stem}*/summary.json in {weights.parent} "
+                                f"(written by train.py --op eval)")
+    if len(found) > 1:
+        others = ", ".join(p.parent.name for p in found[:-1])
+        print(f"asr_ablation: run {label!r}: {len(found)} evaluations of {weights.name}; using the "
+              f"newest, {found[-1].parent.name} (others: {others})", file=sys.stderr)
+    return found[-1]
+
+
 def run_row(label: str, folder: str | Path) -> dict:
     """The facts of one run's latest weights; names the missing file when something is absent."""
     weights = latest_weights(folder, WEIGHTS_NAME)
     if weights is None:
         raise FileNotFoundError(f"run {label!r}: no {WEIGHTS_NAME}-step*.pth in {folder}")
-    sidecar, summary = weights.with_suffix(".json"), weights.parent / f"eval-{weights.stem}" / "summary.json"
-    for path, made_by in ((sidecar, "training"), (summary, "train.py --op eval")):
-        if not path.is_file():
-            raise FileNotFoundError(f"run {label!r}: {path} is missing (written by {made_by})")
+    sidecar = weights.with_suffix(".json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"run {label!r}: {sidecar} is missing (written by training)")
+    summary = eval_summary(label, weights)
     meta, evaluated = json.loads(sidecar.read_text()), json.loads(summary.read_text())
     return {"label": label, "folder": str(folder), "weights": str(weights), "step": meta["step"],
             "train_seconds": meta.get("train_seconds"), "beam": evaluated["beam"],
-            "splits": {name: {"wer": s["wer"], "utterances": s["utterances"], "words": s["reference_words"],
+            "eval": str(summary.parent),
+            "splits": {name: {"wer": s["wer"], "wer_whisper_normalizer": s.get("whisper", {}).get("wer"),
+                              "utterances": s["utterances"], "words": s["reference_words"],
                               "decode_seconds": s.get("decode_s")}
                        for name, s in evaluated["splits"].items()}}
 

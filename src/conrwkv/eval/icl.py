@@ -4,7 +4,11 @@ Bayes-optimal in-context estimator, by position, with a plot.
 The references come from the datanew.py folder (val_curves.npz): the Bayes-optimal loss of every
 validation chain at every position, and the mean curves of the oracle (true table) and of the
 lower-order add-beta estimators (SPEC.md section 7). The model is scored on the same chains and
-positions, so `gap = loss - bayes` is exact, not an estimate from different samples.
+positions, so `gap = loss - bayes` is exact, not an estimate from different samples. A chain
+of seq_len tokens has seq_len - 1 predictions; a ctx_len longer than that is cut to it.
+
+The JSON and PNG of an evaluation are never written over an earlier evaluation's: a re-run
+gets `-icl-2.json` / `-icl-2.png`, and so on (eval/fresh_names.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from ..data.binidx import BinidxReader
 from ..data.sampling import DocumentDataset
 from ..io import atomic_json_save, atomic_write_bytes
+from .fresh_names import new_files
 
 
 @torch.no_grad()
@@ -36,12 +41,21 @@ def model_losses_by_position(model, data_dir: str | Path, ctx_len: int, batch_si
     return np.concatenate(rows)
 
 
+def predictions_per_chain(data_dir: str | Path) -> int:
+    """Positions per validation chain that have a reference loss (seq_len - 1)."""
+    with np.load(Path(data_dir) / "val_curves.npz") as refs:
+        return int(refs["bayes_by_sequence"].shape[1])
+
+
 def icl_summary(model_losses: np.ndarray, data_dir: str | Path) -> dict:
     """Mean losses over the positions the model predicted, against every reference."""
     data_dir = Path(data_dir)
     meta = json.loads((data_dir / "meta.json").read_text())
     refs = np.load(data_dir / "val_curves.npz")
     T = model_losses.shape[1]
+    if T > refs["bayes_by_sequence"].shape[1]:
+        raise ValueError(f"{data_dir}: the model losses cover {T} positions, but the chains have "
+                         f"only {refs['bayes_by_sequence'].shape[1]} predictions each")
     bayes_rows = refs["bayes_by_sequence"][: len(model_losses), :T].astype(np.float64)
     valid = ~np.isnan(model_losses)
     by_position = {"model": np.nanmean(model_losses, axis=0), "bayes": bayes_rows.mean(axis=0)}
@@ -96,12 +110,17 @@ def plot_loss_by_position(result: dict, path: str | Path, title: str) -> Path:
 
 def evaluate_and_plot(model, data_dir: str | Path, ctx_len: int, weights_file: str | Path,
                       batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
-    """Evaluate, then write `<weights>-icl.json` and `<weights>-icl.png` beside the weights."""
-    result = icl_summary(model_losses_by_position(model, data_dir, ctx_len, batch_size, device),
+    """Evaluate on the first min(ctx_len, seq_len - 1) predictions of every validation chain,
+    then write `<weights>-icl.json` and `<weights>-icl.png` beside the weights (`-icl-2.*`, ...
+    when an earlier evaluation holds those names). The summary's "files" names what was written."""
+    positions = min(ctx_len, predictions_per_chain(data_dir))
+    result = icl_summary(model_losses_by_position(model, data_dir, positions, batch_size, device),
                          data_dir)
     stem = Path(weights_file).with_suffix("")
-    atomic_json_save(result["summary"], f"{stem}-icl.json")
-    p = result["summary"]["params"]
-    plot_loss_by_position(result, f"{stem}-icl.png",
+    json_path, png_path = new_files(f"{stem}-icl", (".json", ".png"))
+    summary = {**result["summary"], "files": {"json": str(json_path), "plot": str(png_path)}}
+    atomic_json_save(summary, json_path)
+    p = summary["params"]
+    plot_loss_by_position(result, png_path,
                           f"order {p['order']}, beta {p['beta']}: {Path(weights_file).name}")
-    return result["summary"]
+    return summary

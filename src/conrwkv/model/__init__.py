@@ -4,5 +4,7 @@ from ..config import ModelConfig
 from .graph_step import RNNStepper, initial_state
 from .rwkv6 import RWKV6
 from .state import LayerState, RWKVState
+from .stepper_cache import StepperCache
 
-__all__ = ["LayerState", "ModelConfig", "RNNStepper", "RWKV6", "RWKVState", "initial_state"]
+__all__ = ["LayerState", "ModelConfig", "RNNStepper", "RWKV6", "RWKVState", "StepperCache",
+           "initial_state"]

@@ -3,12 +3,15 @@ export of the state-tuned LLM as one official .pth (merge).
 
 The frozen parts come from --load_model (the RWKV World .pth) and --encoder (a local HuggingFace
 folder); the trained parts live in proj_dir as asr-step<N>.pth and are found again by eval,
-predict and merge (or named with --asr_weights).
+predict and merge (or named with --asr_weights). Nothing is written over an earlier output:
+each eval gets its own folder eval-<weights>-beam<B>-tps<T>[-N], and merge refuses an
+existing --merge_out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -19,14 +22,18 @@ from tqdm.auto import tqdm
 from ..asr import SpeechRWKV
 from ..asr.decode import decode
 from ..config import AsrConfig, ModelConfig, TrainConfig
-from ..data.speech import SAMPLE_RATE, load_audio
+from ..data.speech import SAMPLE_RATE, AudioError, CorpusCounts, load_audio
 from ..data.tokenizer import WorldTokenizer
-from ..eval.wer import corpus_wer, format_wer_table, write_split_results
+from ..eval.fresh_names import new_folder
+from ..eval.wer import format_wer_table, split_summary, write_split_results
 from ..io import atomic_json_save, safe_torch_load
-from .asr_data import AsrDataModule, corpus_name, speech_dataset, speech_loader
+from ..model import StepperCache
+from .asr_data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader
 from .asr_module import AsrModule
 from .checkpoint import latest_weights
 from .trainer import eval_device, fit, resolve_accelerator, resolve_max_steps, resolve_precision
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "asr"
 AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
@@ -71,52 +78,112 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
-def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig) -> tuple[SpeechRWKV, Path]:
+def trained_weights(train_cfg: TrainConfig, asr_cfg: AsrConfig) -> Path:
+    """--asr_weights, or the newest asr-step*.pth in proj_dir."""
     weights = asr_cfg.asr_weights or latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
     if not weights:
         raise ValueError(f"no trained weights: give --asr_weights, or train into --proj_dir "
                          f"{train_cfg.proj_dir} first (no {WEIGHTS_NAME}-step*.pth there)")
+    return Path(weights)
+
+
+def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
+                 weights: Path | None = None) -> tuple[SpeechRWKV, Path]:
+    """The speech model with the trained tensors of `weights` (default: trained_weights)."""
+    weights = weights or trained_weights(train_cfg, asr_cfg)
     speech = build_speech_model(model_given, train_cfg, asr_cfg, device=eval_device(train_cfg))
     speech.load_trainable_state_dict(safe_torch_load(weights), source=str(weights))
-    return speech.eval(), Path(weights)
+    return speech.eval(), weights
 
 
 @torch.no_grad()
-def transcribe(speech: SpeechRWKV, audio: list[np.ndarray], asr_cfg: AsrConfig, tokenizer) -> list[str]:
-    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg)]
+def transcribe(speech: SpeechRWKV, audio: list[np.ndarray], asr_cfg: AsrConfig, tokenizer,
+               steppers: StepperCache | None = None) -> list[str]:
+    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg, steppers)]
+
+
+def eval_folder_name(weights: Path, asr_cfg: AsrConfig) -> str:
+    """eval-<weights stem>-beam<B>-tps<T>, plus the eval filter and a non-default encoder
+    batching: each setting that changes the hypotheses is in the name."""
+    parts = [f"eval-{weights.stem}", f"beam{asr_cfg.beam}", f"tps{asr_cfg.max_tokens_per_second:g}"]
+    if asr_cfg.eval_max_duration:
+        parts.append(f"max{asr_cfg.eval_max_duration:g}s")
+    if asr_cfg.encoder_batching != "auto":
+        parts.append(f"encoder-{asr_cfg.encoder_batching}")
+    return "-".join(parts)
+
+
+def _coverage(name: str, counts: CorpusCounts, skipped_while_decoding: int, scored: int) -> dict:
+    """What share of the corpus was scored, and why the rest was not."""
+    bad_audio = counts.bad_audio + skipped_while_decoding
+    if scored + bad_audio + counts.outside_duration != counts.in_corpus:
+        raise RuntimeError(f"{name}: {scored} utterances scored, {bad_audio} bad and "
+                           f"{counts.outside_duration} filtered do not add up to the corpus's "
+                           f"{counts.in_corpus}")
+    return {"utterances_in_corpus": counts.in_corpus, "utterances_scored": scored,
+            "left_out": {"longer_than_eval_max_duration": counts.outside_duration,
+                         "bad_audio": bad_audio}}
+
+
+def _left_out_note(name: str, split: dict, asr_cfg: AsrConfig) -> str | None:
+    left = split["left_out"]
+    if not any(left.values()):
+        return None
+    reasons = []
+    if left["longer_than_eval_max_duration"]:
+        reasons.append(f"{left['longer_than_eval_max_duration']} longer than --eval_max_duration "
+                       f"{asr_cfg.eval_max_duration:g} s")
+    if left["bad_audio"]:
+        reasons.append(f"{left['bad_audio']} with bad audio (--skip_bad_audio)")
+    return (f"{name}: {split['utterances_in_corpus'] - split['utterances_scored']} of "
+            f"{split['utterances_in_corpus']} utterances not scored: {', '.join(reasons)}")
 
 
 def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
              asr_cfg: AsrConfig) -> dict:
-    """Corpus WER per split; hypotheses, references and a summary go to proj_dir/eval-<weights>."""
-    sources = [s for s in (asr_cfg.eval_data or train_cfg.val_file).split(",") if s]
-    if not sources:
+    """Corpus WER per corpus under both normalisers (eval/wer.py).
+
+    Every corpus is resolved and read before the model is loaded, so a wrong name fails at
+    once. Hypotheses, references and a summary go to a new folder beside the weights,
+    eval_folder_name(...) with -2, -3, ... when that exists: an evaluation never replaces
+    another's files."""
+    flag = "--eval_data" if asr_cfg.eval_data else "--val_file"
+    specs = parse_corpora(asr_cfg.eval_data or train_cfg.val_file, flag)
+    if not specs:
         raise ValueError("nothing to score: give --eval_data (comma-separated corpora) or --val_file")
-    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
+    weights = trained_weights(train_cfg, asr_cfg)
+    names = corpus_names(specs)
+    corpora = {name: (spec, *eval_dataset(spec, asr_cfg, flag)) for name, spec in zip(names, specs)}
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
     tokenizer = WorldTokenizer()
-    out_dir = weights.parent / f"eval-{weights.stem}"
-    results, timing = {}, {}
-    for source in sources:
-        split = corpus_name(source)
-        dataset = speech_dataset(source, asr_cfg)
+    steppers = StepperCache()              # one CUDA-graph capture per batch size, not per batch
+    out_dir = new_folder(weights.parent, eval_folder_name(weights, asr_cfg))
+    results, splits = {}, {}
+    for name, (spec, dataset, counts) in corpora.items():
         ids, refs, hyps, seconds = [], [], [], 0.0
         start = time.perf_counter()
         for batch in tqdm(speech_loader(dataset, train_cfg.micro_bsz, shuffle=False),
-                          desc=f"decoding {split}", unit="batch"):
+                          desc=f"decoding {name}", unit="batch"):
             if not batch["audio"]:
                 continue
-            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer)
+            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer, steppers)
             ids += batch["ids"]
             refs += batch["texts"]
             seconds += sum(len(a) for a in batch["audio"]) / SAMPLE_RATE
-        results[split] = corpus_wer(refs, hyps)
-        timing[split] = {"audio_s": seconds, "decode_s": time.perf_counter() - start}
-        write_split_results(out_dir, split, ids, refs, hyps)
-    table = format_wer_table(results)
-    summary = {"weights": str(weights), "beam": asr_cfg.beam,
-               "splits": {name: {**r.summary(), **timing[name]} for name, r in results.items()}}
+        decode_s = time.perf_counter() - start
+        coverage = _coverage(name, counts, dataset.skipped, len(ids))
+        results[name] = write_split_results(out_dir, name, ids, refs, hyps)
+        splits[name] = {"corpus": spec.text, **coverage, **split_summary(results[name]),
+                        "audio_s": seconds, "decode_s": decode_s}
+    summary = {"weights": str(weights), "eval_dir": str(out_dir), "beam": asr_cfg.beam,
+               "max_tokens_per_second": asr_cfg.max_tokens_per_second,
+               "eval_max_duration": asr_cfg.eval_max_duration,
+               "encoder_batching": asr_cfg.encoder_batching, "splits": splits}
     atomic_json_save(summary, out_dir / "summary.json")
-    print(f"\nCorpus WER of {weights} (beam {asr_cfg.beam}); files in {out_dir}\n{table}")
+    table = format_wer_table(results, {name: s["utterances_in_corpus"] for name, s in splits.items()})
+    notes = [note for name, s in splits.items() if (note := _left_out_note(name, s, asr_cfg))]
+    print(f"\nCorpus WER of {weights} (beam {asr_cfg.beam}); files in {out_dir}\n{table}"
+          + "".join(f"\n{note}" for note in notes))
     return summary
 
 
@@ -135,32 +202,58 @@ def _audio_files(spec: str) -> list[Path]:
     return files
 
 
+def _load_or_skip(path: Path, asr_cfg: AsrConfig, skipped: list[str]) -> np.ndarray | None:
+    """The file's audio; for a bad file an error, or with --skip_bad_audio None and a warning."""
+    try:
+        return load_audio(str(path))
+    except AudioError as err:
+        if not asr_cfg.skip_bad_audio:
+            raise AudioError(f"--audio: {err} (--skip_bad_audio skips such files)") from err
+        skipped.append(str(path))
+        log.warning("--audio: skipping %s (bad audio %d so far): %s", path, len(skipped), err)
+        return None
+
+
 def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
                 asr_cfg: AsrConfig) -> dict:
-    """Transcribe --audio files/folders; print each text and the real-time factor."""
+    """Transcribe --audio files/folders; print each text and the real-time factor. A bad audio
+    file stops with an error naming it, or with --skip_bad_audio is skipped and counted."""
     files = _audio_files(asr_cfg.audio)
     speech, weights = load_trained(model_given, train_cfg, asr_cfg)
     tokenizer = WorldTokenizer()
-    texts, seconds, start = {}, 0.0, time.perf_counter()
+    steppers = StepperCache()
+    texts, skipped, seconds, start = {}, [], 0.0, time.perf_counter()
     for i in range(0, len(files), train_cfg.micro_bsz):
-        chunk = files[i:i + train_cfg.micro_bsz]
-        audio = [load_audio(str(f)) for f in chunk]
+        loaded = [(path, _load_or_skip(path, asr_cfg, skipped)) for path in files[i:i + train_cfg.micro_bsz]]
+        chunk = [(path, audio) for path, audio in loaded if audio is not None]
+        if not chunk:
+            continue
+        audio = [a for _, a in chunk]
         seconds += sum(len(a) for a in audio) / SAMPLE_RATE
-        for path, text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer)):
+        for (path, _), text in zip(chunk, transcribe(speech, audio, asr_cfg, tokenizer, steppers)):
             texts[str(path)] = text
             print(f"{path}\t{text}", flush=True)
+    if not texts:
+        raise ValueError(f"--audio {asr_cfg.audio}: all {len(files)} files are bad audio; nothing to "
+                         f"transcribe")
     elapsed = time.perf_counter() - start
     rtf = elapsed / seconds if seconds else float("nan")
-    print(f"{len(files)} files, {seconds:.1f} s of audio in {elapsed:.2f} s: real-time factor "
-          f"{rtf:.3f} ({eval_device(train_cfg)}, beam {asr_cfg.beam}, weights {weights})")
-    return {"texts": texts, "audio_s": seconds, "elapsed_s": elapsed, "rtf": rtf}
+    bad = f" ({len(skipped)} of {len(files)} skipped as bad audio)" if skipped else ""
+    print(f"{len(texts)} files transcribed{bad}, {seconds:.1f} s of audio in {elapsed:.2f} s: real-time "
+          f"factor {rtf:.3f} ({eval_device(train_cfg)}, beam {asr_cfg.beam}, weights {weights})")
+    return {"texts": texts, "skipped": skipped, "audio_s": seconds, "elapsed_s": elapsed, "rtf": rtf}
 
 
 def merge_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
               asr_cfg: AsrConfig) -> dict:
-    """Write the LLM with its trained time_state (and conv) as one official .pth."""
-    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
-    target = weights.with_name(f"{weights.stem}-merged-llm.pth")
+    """Write the LLM with its trained time_state (and conv) as one official .pth: --merge_out,
+    or <weights stem>-merged-llm.pth beside the weights; never over an existing file."""
+    weights = trained_weights(train_cfg, asr_cfg)
+    target = Path(asr_cfg.merge_out or weights.with_name(f"{weights.stem}-merged-llm.pth"))
+    if target.exists():
+        raise FileExistsError(f"{target} exists; choose another --merge_out (an existing file is "
+                              f"never overwritten)")
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
     speech.export_merged_llm(target)
     note = ("runs in the rwkv package as a state-tuned model" if not speech.llm.config.conv_kernel
             else "has Con-RWKV conv keys: runs in this project's RWKV6 only")

@@ -88,4 +88,4 @@ def _print_icl(summary: dict, weights) -> None:
           f"  model loss   {summary['loss']:.4f} nats/token\n"
           f"  Bayes-optimal {summary['bayes']:.4f}   gap {summary['gap']:+.4f}\n"
           f"  oracle {summary['oracle']:.4f}   lower-order add-beta: {lower}\n"
-          f"  plot: {Path(weights).with_suffix('')}-icl.png")
+          f"  written: {summary['files']['json']}, plot {summary['files']['plot']}")
