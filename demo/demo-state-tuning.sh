@@ -56,6 +56,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   strategy=${strategy:-auto}
 fi
+# One run per folder: a rerun resumes it exactly; other training settings are refused (README,
+# "Stopping, resuming"), so give a new experiment a new proj_dir.
 proj_dir=${proj_dir:-output/asr}
 
 if [ -z "$load_model" ]; then

@@ -35,6 +35,8 @@ WARMUP=20
 DEVICES=auto        # GPUs per node (auto: all, or one CPU process)
 PRECISION=auto      # auto: bf16-mixed on GPU, 32-true on CPU
 STRATEGY=auto       # auto | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3
+# One run per folder: a rerun resumes it exactly (raise STEPS to extend it); other settings are
+# refused with the list of differences, so a changed experiment needs another PROJ_DIR.
 PROJ_DIR=output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}
 
 DATA=$(python datanew.py --order "$ORDER" --beta "$BETA" --seq-len "$SEQ_LEN" \
