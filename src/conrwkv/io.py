@@ -1,8 +1,11 @@
 """Safe checkpoint input and output: atomic writes that never clobber, loads that never unpickle.
 
 Writes go to a temporary file in the same folder and are renamed into place, so an interrupted
-save leaves the previous file intact. Loads use torch.load(weights_only=True): a file that holds
-pickled Python objects is refused with a message naming it.
+save leaves the previous file intact. Checkpoint loads use torch.load(weights_only=True) and turn
+whatever a bad file makes torch raise into one ValueError that says which of three things the
+file is: not a PyTorch checkpoint at all, a PyTorch file holding Python objects other than
+tensors (never loaded: unpickling them could run code), or a truncated / corrupt one. Loaded
+tensors must be finite: a NaN or inf weight would only show up later as a NaN loss.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,22 +54,66 @@ def atomic_json_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+# The first bytes of the two layouts torch.save has written: a zip archive (PyTorch >= 1.6) and
+# the legacy format, a pickle (protocol 2) of torch's magic number 0x1950a86a20f9469cfc6c.
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+# torch's weights-only unpickler names the global it refused in its message.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_FINITE_CHUNK = 1 << 24     # elements checked at a time: bounds the temporary mask to 16 MB
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     mmap: bool = False) -> dict[str, torch.Tensor]:
-    """Load a flat {name: tensor} checkpoint; refuse anything else with a clear error."""
+    """Load a flat {name: tensor} checkpoint of finite values; refuse anything else with a
+    ValueError naming the file (FileNotFoundError when there is none)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(len(LEGACY_MAGIC))
+    is_zip = head.startswith(ZIP_MAGIC)
+    if not is_zip and head != LEGACY_MAGIC:
+        what = "an empty file" if not head else f"it starts with {head[:8]!r}"
+        raise ValueError(f"checkpoint {path} is not a PyTorch checkpoint ({what}; torch.save "
+                         f"writes a zip archive, or its legacy pickle format)")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        # torch can memory-map only the zip layout; a legacy file is read into memory.
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"checkpoint {path} contains pickled Python objects, which are not "
-                         f"loaded (weights_only=True); only plain tensor dicts are accepted. "
-                         f"Detail: {str(err).splitlines()[0]}") from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"checkpoint {path} is not a readable PyTorch file "
-                         f"(truncated or corrupt?): {err}") from err
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:
+            raise ValueError(f"checkpoint {path} is a truncated or corrupt PyTorch file (its "
+                             f"pickled index cannot be read)") from err
+        raise ValueError(f"checkpoint {path} is a PyTorch file that holds Python objects other "
+                         f"than tensors ({refused.group(1)}); it is never loaded, because "
+                         f"unpickling objects can run code: save a plain {{name: tensor}} dict "
+                         f"instead") from err
+    except Exception as err:       # torch raises RuntimeError, OSError, EOFError, KeyError, ...
+        raise ValueError(f"checkpoint {path} is a truncated or corrupt PyTorch file "
+                         f"({type(err).__name__}: {_one_line(err)})") from err
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"checkpoint {path} is not a flat dict of tensors "
                          f"(found {type(obj).__name__})")
+    check_finite(obj, str(path))
     return obj
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a ValueError naming `source` and the first tensor holding a NaN or an infinity."""
+    for name, tensor in tensors.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        for chunk in tensor.detach().reshape(-1).split(_FINITE_CHUNK):
+            if not bool(torch.isfinite(chunk).all()):
+                bad = chunk[~torch.isfinite(chunk)][0].item()
+                raise ValueError(f"{source}: tensor {name!r} holds non-finite values ({bad}); "
+                                 f"a model trained or run from it would give NaN losses")
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error message, without torch's advice to load with
+    weights_only=False (which this module must never suggest)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    return "no detail" if not first or "weights_only" in first else first
