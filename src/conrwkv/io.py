@@ -1,4 +1,5 @@
-"""Safe checkpoint input and output: atomic writes that never clobber, loads that never unpickle.
+"""Safe file input and output: atomic writes that never clobber, loads that never unpickle, and
+reads of JSON and text files whose errors name the file (and line).
 
 Writes go to a temporary file in the same folder and are renamed into place, so an interrupted
 save leaves the previous file intact. Checkpoint loads use torch.load(weights_only=True) and turn
@@ -15,6 +16,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,45 @@ def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     first = lines[0].strip() if lines else ""
     return "no detail" if not first or "weights_only" in first else first
+
+
+def parse_json(data: bytes | str, source: str, what: str, required: Iterable[str] = ()) -> dict:
+    """The JSON object in `data` (read from `source`, which is `what`), holding every key in
+    `required`; a ValueError naming `source` otherwise."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        obj = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: {what} is not UTF-8 text (a bad byte at offset "
+                         f"{err.start})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: {what} is not valid JSON (line {err.lineno}, column "
+                         f"{err.colno}: {err.msg})") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: {what} must hold a JSON object, found {type(obj).__name__}")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise ValueError(f"{source}: {what} lacks the keys {missing}; it was not written by "
+                         f"this project, or is damaged")
+    return obj
+
+
+def read_json(path: str | os.PathLike, what: str, required: Iterable[str] = ()) -> dict:
+    """The JSON object in the file `path` (`what` it is, for messages, e.g. "Markov data
+    meta.json"), holding every key in `required`; a ValueError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return parse_json(path.read_bytes(), str(path), what, required)
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line without its end) of a UTF-8 text file; a line that is not
+    UTF-8 raises a ValueError naming the file and the line."""
+    path = Path(path)
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at "
+                             f"column {err.start + 1}); save the file as UTF-8") from None
