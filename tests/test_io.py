@@ -1,5 +1,8 @@
 """JSON and text reads whose errors name the file (and the line): conrwkv.io's read helpers."""
 
+import subprocess
+import sys
+
 import pytest
 
 from conrwkv.io import parse_json, read_json, text_lines
@@ -41,3 +44,9 @@ def test_text_lines_number_the_lines_and_name_a_bad_one(tmp_path):
     assert next(lines) == (1, "19-198-0000 OK")
     with pytest.raises(ValueError, match=r"19-198\.trans\.txt:2: not UTF-8 text \(byte 0xe9 at column 16\)"):
         next(lines)
+
+
+def test_the_markov_data_tool_starts_without_torch():
+    # datanew.py runs in tests and demos many times; importing torch would cost it two seconds.
+    code = "import sys, conrwkv.data.markov; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
