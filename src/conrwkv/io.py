@@ -144,6 +144,11 @@ def parse_json(data: bytes | str, source: str, what: str, required: Iterable[str
                          f"{err.colno}: {err.msg})") from err
     if not isinstance(obj, dict):
         raise ValueError(f"{source}: {what} must hold a JSON object, found {type(obj).__name__}")
+    return require_keys(obj, required, source, what)
+
+
+def require_keys(obj: dict, required: Iterable[str], source: str, what: str) -> dict:
+    """`obj` itself when it holds every key in `required`; a ValueError naming `source` otherwise."""
     missing = [key for key in required if key not in obj]
     if missing:
         raise ValueError(f"{source}: {what} lacks the keys {missing}; it was not written by "
