@@ -109,6 +109,10 @@ def test_corpus_transcripts_are_normalised(tmp_path):
                      "it was not long before he came", "the cat's whiskers", "and so on"}
     with pytest.raises(FileNotFoundError, match=r"no \*.trans.txt transcripts under .*test-other"):
         corpus_transcripts(tmp_path / "LibriSpeech", ["dev", "test-other"])
+    trans = tmp_path / "LibriSpeech" / "dev" / "26" / "495" / "26-495.trans.txt"
+    trans.write_bytes(trans.read_bytes() + b"26-495-0002 NA\xefVE\n")
+    with pytest.raises(ValueError, match=r"26-495\.trans\.txt:3: not UTF-8 text"):
+        corpus_transcripts(tmp_path / "LibriSpeech", ["dev"])
 
 
 def test_train_and_val_files(wordnet, tmp_path):
