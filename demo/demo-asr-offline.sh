@@ -87,6 +87,18 @@ stage_encoder() {
 
 lm_weights() { ls "$RUN_DIR"/lm/rwkv-step*.pth 2>/dev/null | tail -n 1; }
 
+# file, then a command: show the command's output as it comes and keep it in the file (only when
+# the command succeeds), and fail when it fails. `command | tee file` would have tee's exit status,
+# and sh (dash) has no pipefail, so the command's status travels through a temporary file.
+tee_to() {
+  file=$1; shift
+  status_file=$(mktemp)
+  { rc=0; "$@" || rc=$?; echo "$rc" > "$status_file"; } | tee "$file.partial"
+  rc=$(cat "$status_file"); rm -f "$status_file"
+  if [ "$rc" = 0 ]; then mv "$file.partial" "$file"; else rm -f "$file.partial"; fi
+  return "$rc"
+}
+
 stage_lm() {
   if [ -n "$(lm_weights)" ]; then echo "lm: $(lm_weights) exists, kept"; return; fi
   python train.py --task lm --op train --data_file "$LM_TEXT/train" --val_file "$LM_TEXT/val" \
@@ -129,10 +141,11 @@ stage_slam() {
     slam_run state
     slam_run state-conv --conv_kernel "$CONV_KERNEL"
   fi
-  python -m conrwkv.eval.asr_ablation --run "projector only=$RUN_DIR/slam-projector" \
+  tee_to "$RUN_DIR/ablation.md" python -m conrwkv.eval.asr_ablation \
+    --run "projector only=$RUN_DIR/slam-projector" \
     --run "projector + state=$RUN_DIR/slam-state" \
     --run "projector + state + conv (k=$CONV_KERNEL)=$RUN_DIR/slam-state-conv" \
-    --json "$RUN_DIR/ablation.json" | tee "$RUN_DIR/ablation.md"
+    --json "$RUN_DIR/ablation.json"
 }
 
 mkdir -p "$RUN_DIR"
