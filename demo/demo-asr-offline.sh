@@ -2,7 +2,7 @@
 # RWKV-ASR offline: the SLAM-ASR recipe at small scale with nothing downloaded, to measure whether
 # state tuning through a frozen encoder and a frozen RWKV-6 learns to transcribe, with an ablation.
 #
-#   prepare  (CPU, where espeak-ng and flite install: about 10 minutes on 2 cores)
+#   prepare  (CPU with espeak-ng, flite and wordnet-base installed: about 10 minutes on 2 cores)
 #            synthetic corpus (dataset2.py synth), its Opus pack for carrying (dataset2.py pack),
 #            and English LM text from WordNet minus the dev/test sentences (dataset2.py lmtext)
 #   encoder  (GPU, 450 s on an H100 with ENC_TIME_LIMIT=450) a small HuBERT trained with CTC on the training split (HubertForCTC,
