@@ -178,6 +178,7 @@ def test_out_naming_a_file_and_a_malformed_meta_json_are_refused_by_name(tmp_pat
     assert f"--out {tmp_path / 'notes.txt'} is a file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
     params = MarkovDataParams(seq_len=9, n_train=3, n_val=2)
+    (tmp_path / "d").mkdir()                          # an empty folder is taken as new
     write_markov_dataset(tmp_path / "d", params, progress=False)
     meta = tmp_path / "d" / "meta.json"
     for text, message in (('{"format": "conrwkv-markov-v1", "par', "is not valid JSON"),
