@@ -178,8 +178,10 @@ def test_non_finite_weights_are_refused_where_models_load(tmp_path):
         RWKV6.from_checkpoint(tmp_path / "inf.pth")
 
 
-def test_legacy_format_loads_even_when_mmap_is_asked(tmp_path):
-    torch.save({"a": torch.arange(3.0)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_legacy_format_loads_even_when_mmap_is_asked(tmp_path, protocol):
+    torch.save({"a": torch.arange(3.0)}, tmp_path / "old.pth", pickle_protocol=protocol,
+               _use_new_zipfile_serialization=False)
     assert safe_torch_load(tmp_path / "old.pth", mmap=True)["a"].tolist() == [0.0, 1.0, 2.0]
 
 

@@ -62,9 +62,11 @@ def atomic_json_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 # The first bytes of the two layouts torch.save has written: a zip archive (PyTorch >= 1.6) and
-# the legacy format, a pickle (protocol 2) of torch's magic number 0x1950a86a20f9469cfc6c.
+# the legacy format, which starts with a pickle of torch's magic number 0x1950a86a20f9469cfc6c:
+# PROTO 2 or 3 (the protocols torch's weights-only unpickler reads), then LONG1 of 10 bytes.
 ZIP_MAGIC = b"PK\x03\x04"
-LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+LEGACY_PROTOCOLS = (2, 3)
+LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 # torch's weights-only unpickler names the global it refused in its message.
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 _FINITE_CHUNK = 1 << 24     # elements checked at a time: bounds the temporary mask to 16 MB
@@ -80,9 +82,11 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     with open(path, "rb") as f:
-        head = f.read(len(LEGACY_MAGIC))
+        head = f.read(2 + len(LEGACY_MAGIC))
     is_zip = head.startswith(ZIP_MAGIC)
-    if not is_zip and head != LEGACY_MAGIC:
+    is_legacy = (len(head) == 2 + len(LEGACY_MAGIC) and head[0] == 0x80
+                 and head[1] in LEGACY_PROTOCOLS and head[2:] == LEGACY_MAGIC)
+    if not (is_zip or is_legacy):
         what = "an empty file" if not head else f"it starts with {head[:8]!r}"
         raise ValueError(f"checkpoint {path} is not a PyTorch checkpoint ({what}; torch.save "
                          f"writes a zip archive, or its legacy pickle format)")
