@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 
 from conrwkv.data.corpus_pack import pack_corpus, unpack_corpus
 from conrwkv.data.speech import load_corpus, write_manifest
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speak WordNet example sentences with espeak-ng and flite voices at several speeds "
                     "into <out>/{train,dev,test-clean,test-other}/<speaker>/<chapter>/*.flac (16 kHz) "
                     "with LibriSpeech transcripts. test-other uses held-out voices. An existing folder "
-                    "is resumed when its meta.json has the same parameters and refused otherwise.")
+                    "is resumed when its meta.json has the same parameters and refused otherwise; a "
+                    "complete one is reused without the synthesisers. Needs the Debian packages "
+                    "espeak-ng, flite and wordnet-base (never installed from here).")
     defaults = SynthConfig()
     synth.add_argument("--out", required=True, help="output folder (created; resumed if made with the "
                        "same parameters)")
@@ -61,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max_words", type=int, default=defaults.max_words, help="most words per utterance")
     synth.add_argument("--workers", type=int, default=0,
                        help="synthesiser processes run at once (0: one per CPU core)")
-    synth.add_argument("--no_install", action="store_true",
-                       help="stop with a message instead of running apt-get when espeak-ng, flite or "
-                            "wordnet-base is missing")
     synth.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
     pack = commands.add_parser(
@@ -129,16 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ValueError, OSError) as err:
+        # Bad input and file problems (a missing tool, an existing or malformed file) are the
+        # user's to fix: a one-line message naming the file or flag, not a traceback.
+        print(f"dataset2.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "synth":
         config = SynthConfig(train=args.train, dev=args.dev, test_clean=args.test_clean,
                              test_other=args.test_other, seed=args.seed, voices=tuple(args.voices),
                              heldout_voices=tuple(args.heldout_voices), speeds=tuple(args.speeds),
                              min_words=args.min_words, max_words=args.max_words)
-        synthesize_corpus(args.out, config, workers=args.workers or None,
-                          install_missing=not args.no_install, progress=not args.no_progress)
+        synthesize_corpus(args.out, config, workers=args.workers or None, progress=not args.no_progress)
     elif args.command == "pack":
         pack_corpus(args.corpus, args.out, args.compression_level, workers=args.workers or None,
                     progress=not args.no_progress)
@@ -160,4 +170,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,7 +2,7 @@
 # RWKV-ASR offline: the SLAM-ASR recipe at small scale with nothing downloaded, to measure whether
 # state tuning through a frozen encoder and a frozen RWKV-6 learns to transcribe, with an ablation.
 #
-#   prepare  (CPU, where espeak-ng and flite install: about 10 minutes on 2 cores)
+#   prepare  (CPU with espeak-ng, flite and wordnet-base installed: about 10 minutes on 2 cores)
 #            synthetic corpus (dataset2.py synth), its Opus pack for carrying (dataset2.py pack),
 #            and English LM text from WordNet minus the dev/test sentences (dataset2.py lmtext)
 #   encoder  (GPU, 450 s on an H100 with ENC_TIME_LIMIT=450) a small HuBERT trained with CTC on the training split (HubertForCTC,
@@ -87,6 +87,18 @@ stage_encoder() {
 
 lm_weights() { ls "$RUN_DIR"/lm/rwkv-step*.pth 2>/dev/null | tail -n 1; }
 
+# file, then a command: show the command's output as it comes and keep it in the file (only when
+# the command succeeds), and fail when it fails. `command | tee file` would have tee's exit status,
+# and sh (dash) has no pipefail, so the command's status travels through a temporary file.
+tee_to() {
+  file=$1; shift
+  status_file=$(mktemp)
+  { rc=0; "$@" || rc=$?; echo "$rc" > "$status_file"; } | tee "$file.partial"
+  rc=$(cat "$status_file"); rm -f "$status_file"
+  if [ "$rc" = 0 ]; then mv "$file.partial" "$file"; else rm -f "$file.partial"; fi
+  return "$rc"
+}
+
 stage_lm() {
   if [ -n "$(lm_weights)" ]; then echo "lm: $(lm_weights) exists, kept"; return; fi
   python train.py --task lm --op train --data_file "$LM_TEXT/train" --val_file "$LM_TEXT/val" \
@@ -129,10 +141,11 @@ stage_slam() {
     slam_run state
     slam_run state-conv --conv_kernel "$CONV_KERNEL"
   fi
-  python -m conrwkv.eval.asr_ablation --run "projector only=$RUN_DIR/slam-projector" \
+  tee_to "$RUN_DIR/ablation.md" python -m conrwkv.eval.asr_ablation \
+    --run "projector only=$RUN_DIR/slam-projector" \
     --run "projector + state=$RUN_DIR/slam-state" \
     --run "projector + state + conv (k=$CONV_KERNEL)=$RUN_DIR/slam-state-conv" \
-    --json "$RUN_DIR/ablation.json" | tee "$RUN_DIR/ablation.md"
+    --json "$RUN_DIR/ablation.json"
 }
 
 mkdir -p "$RUN_DIR"

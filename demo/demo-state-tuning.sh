@@ -4,8 +4,10 @@
 # projector and (conv=1) the Con-RWKV convolutions are trained. Then corpus WER and transcripts.
 #
 # Hardware and time:
-# - embedded default (load_model empty): a SMOKE configuration on CPU, about 3 minutes. It makes
-#   a small synthetic corpus (espeak-ng / flite) and tiny random models, then runs
+# - embedded default (load_model empty): a SMOKE configuration on CPU, about 1 minute on 2 cores
+#   (58 s and 61 s from nothing, 2026-12-01; 4 to 6 minutes while other jobs share the cores). It makes
+#   a small synthetic corpus (espeak-ng / flite; a complete one in data/asr-smoke is reused, so it
+#   can be carried to a machine without them) and tiny random models, then runs
 #   train -> eval -> predict. The models know no English: the WER only shows the pipeline works.
 # - real run: set load_model (an official RWKV-6 World .pth), encoder (a HuggingFace folder,
 #   e.g. hubert-large-ls960-ft) and the LibriSpeech folders; one or more GPUs.

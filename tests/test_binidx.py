@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 
+from conrwkv.data import binidx
 from conrwkv.data.binidx import BinidxReader, dtype_for_vocab, write_binidx
 from conrwkv.data.sampling import DocumentDataset, WindowDataset, is_prime, magic_prime
 
@@ -92,3 +93,37 @@ def test_document_dataset_truncates_and_masks(tmp_path):
     assert short["target"][:3].tolist() == [1, 2, 3]
     assert short["mask"].tolist() == [True, True, True, False, False, False]
     assert short["index"] == 1
+
+
+
+def write_by_hand(prefix, code, dtype, docs):
+    """A binidx pair of any dtype code, written from the layout (write_binidx refuses these)."""
+    sizes = np.array([len(d) for d in docs], dtype=np.int32)
+    pointers = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int64) * np.dtype(dtype).itemsize
+    with open(f"{prefix}.idx", "wb") as f:
+        f.write(struct.pack("<9sQBQQ", b"MMIDIDX\x00\x00", 1, code, len(docs), len(docs) + 1))
+        f.write(sizes.tobytes() + pointers.tobytes() + np.arange(len(docs) + 1, dtype=np.int64).tobytes())
+    np.concatenate(docs).astype(dtype).tofile(f"{prefix}.bin")
+
+
+@pytest.mark.parametrize("code,dtype", [(6, np.float32), (7, np.float64)])
+def test_float_token_files_are_refused_by_name(tmp_path, code, dtype):
+    # The layout has float dtype codes, but a float "token" cannot index an embedding.
+    write_by_hand(tmp_path / "f", code, dtype, [np.array([0.5, 1.0, 2.0])])
+    with pytest.raises(ValueError, match=rf"f\.idx: dtype code {code} \({np.dtype(dtype).name}\) "
+                                         "holds floating-point values, not token ids"):
+        BinidxReader(tmp_path / "f")
+
+
+def test_token_range_is_the_smallest_and_largest_id(tmp_path, monkeypatch):
+    write_by_hand(tmp_path / "s", 3, np.int16, [np.array([-5, 3, 7]), np.array([120, -100, 0])])
+    assert BinidxReader(tmp_path / "s").token_range() == (-100, 120)
+    # in chunks: the answer must not depend on where the chunks end
+    monkeypatch.setattr(binidx, "RANGE_CHUNK", 2)
+    assert BinidxReader(tmp_path / "s").token_range() == (-100, 120)
+    write_binidx(tmp_path / "u", [np.array([65535, 4]), np.array([9])], vocab_size=65536)
+    low, high = BinidxReader(tmp_path / "u").token_range()
+    assert (low, high) == (4, 65535) and type(low) is int and type(high) is int
+    write_binidx(tmp_path / "e", [np.array([], dtype=np.int64)], vocab_size=16)
+    with pytest.raises(ValueError, match=r"e\.bin holds no tokens"):
+        BinidxReader(tmp_path / "e").token_range()

@@ -1,6 +1,13 @@
 """Official `.pth` files: round trip, recognition, and the errors for files we must refuse."""
 
+import io
 import pickle
+import random
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +15,8 @@ from factories import random_checkpoint
 
 from conrwkv.io import atomic_torch_save, safe_torch_load
 from conrwkv.model import RWKV6
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_round_trip_keeps_every_tensor_and_the_logits(tmp_path):
@@ -94,24 +103,98 @@ class Payload:
         return (print, ("this must never run",))
 
 
+class Foreign:
+    """A class instance: what torch.save writes when handed a whole object, not tensors."""
+
+    def __init__(self):
+        self.weights = torch.zeros(2)
+
+
 def test_pickled_objects_are_refused(tmp_path, capsys):
     bad = tmp_path / "evil.pth"
     torch.save({"emb.weight": torch.zeros(2, 2), "extra": Payload()}, bad)
-    with pytest.raises(ValueError, match="evil.pth contains pickled Python objects"):
+    with pytest.raises(ValueError, match=r"evil.pth is a PyTorch file that holds Python objects "
+                                         r"other than tensors \(print\); it is never loaded"):
         RWKV6.from_checkpoint(bad)
     assert "must never run" not in capsys.readouterr().out
 
 
-def test_missing_truncated_and_non_dict_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        safe_torch_load(tmp_path / "nope.pth")
+def _bad_files(tmp_path):
+    """(file, what its message must say) for every kind of file a checkpoint must not be."""
+    good, _ = random_checkpoint(tmp_path / "good.pth")
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"a": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    not_torch = "is not a PyTorch checkpoint"
+    corrupt = "is a truncated or corrupt PyTorch file"
+    objects = "holds Python objects other than tensors"
+    nan = torch.load(good, weights_only=True)
+    nan["blocks.1.att.key.weight"][3, 4] = float("nan")
+    inf = {"emb.weight": torch.zeros(4, 4), "head.weight": torch.ones(8, 4)}
+    inf["head.weight"][7, 3] = float("-inf")
+    inf = {k: v.bfloat16() for k, v in inf.items()}
+    files = {
+        "random.pth": (random.Random(0).randbytes(4096), f"{not_torch} .*it starts with"),
+        "text.pth": (b"emb.weight 0.1 0.2\nhead.weight 0.3\n", f"{not_torch} .*b'emb.weig'"),
+        "empty.pth": (b"", f"{not_torch} \\(an empty file"),
+        "cut.pth": (good.read_bytes()[:1000], corrupt),
+        "cut-legacy.pth": (legacy.read_bytes()[:60], corrupt),
+        "plain.pkl": (pickle.dumps({"a": [1, 2]}), not_torch),
+        "zip.pth": (_zip_bytes(), corrupt),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"emb.weight": torch.zeros(2), "model": Foreign()}, tmp_path / "foreign.pth")
+    torch.save(nan, tmp_path / "nan.pth")
+    torch.save(inf, tmp_path / "inf-bf16.pth")
+    return [*((tmp_path / name, message) for name, (_, message) in files.items()),
+            (tmp_path / "foreign.pth", rf"{objects} \(\S*Foreign\)"),
+            (tmp_path / "nan.pth", r"tensor 'blocks.1.att.key.weight' holds non-finite values \(nan\)"),
+            (tmp_path / "inf-bf16.pth", r"tensor 'head.weight' holds non-finite values \(-inf\)")]
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes.txt", "a zip, but not one torch.save wrote")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_every_bad_file_gets_its_own_one_line_message(tmp_path, mmap):
+    for path, message in _bad_files(tmp_path):
+        with pytest.raises(ValueError) as info:
+            safe_torch_load(path, mmap=mmap)
+        text = str(info.value)
+        assert str(path) in text and re.search(message, text), (path.name, text)
+        assert "\n" not in text and "weights_only" not in text, (path.name, text)
+
+
+def test_non_finite_weights_are_refused_where_models_load(tmp_path):
     path, _ = random_checkpoint(tmp_path / "m.pth")
-    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="cut.pth"):
-        safe_torch_load(tmp_path / "cut.pth")
-    torch.save([torch.zeros(1)], tmp_path / "list.pth")
-    with pytest.raises(ValueError, match="not a flat dict of tensors"):
-        safe_torch_load(tmp_path / "list.pth")
+    sd = torch.load(path, weights_only=True)
+    sd["blocks.0.ffn.value.weight"][0, 0] = float("inf")
+    torch.save(sd, tmp_path / "inf.pth")
+    with pytest.raises(ValueError, match=r"inf.pth: tensor 'blocks.0.ffn.value.weight' holds non-finite"):
+        RWKV6.from_checkpoint(tmp_path / "inf.pth")
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_legacy_format_loads_even_when_mmap_is_asked(tmp_path, protocol):
+    torch.save({"a": torch.arange(3.0)}, tmp_path / "old.pth", pickle_protocol=protocol,
+               _use_new_zipfile_serialization=False)
+    assert safe_torch_load(tmp_path / "old.pth", mmap=True)["a"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_train_py_reports_a_bad_load_model_in_one_line(tmp_path):
+    torch.save({"emb.weight": torch.zeros(2), "model": Foreign()}, tmp_path / "foreign.pth")
+    out = subprocess.run([sys.executable, "train.py", "--task", "lm", "--load_model",
+                          str(tmp_path / "foreign.pth"), "--data_file", str(tmp_path / "none"),
+                          "--accelerator", "cpu", "--proj_dir", str(tmp_path / "run")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: checkpoint "), out.stderr
+    assert "holds Python objects other than tensors" in lines[0] and "weights_only" not in out.stderr
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):

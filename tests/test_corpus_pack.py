@@ -176,6 +176,23 @@ def test_unpack_errors(packed, tmp_path):
         unpack_corpus(corrupt, tmp_path / "g", workers=1, progress=False)
 
 
+def test_malformed_json_in_a_pack_is_named_before_anything_is_written(packed, tmp_path):
+    pack, _ = packed
+    broken_meta = _rewrite(pack, tmp_path / "meta.tar", replace={"meta.json": b'{"params": '})
+    with pytest.raises(ValueError, match=r"meta\.tar:meta\.json: corpus meta\.json is not valid JSON"):
+        unpack_corpus(broken_meta, tmp_path / "a", workers=1, progress=False)
+    assert not (tmp_path / "a").exists()
+    no_count = _rewrite(pack, tmp_path / "manifest.tar", replace={"pack.json": json.dumps(
+        {"format_version": 1, "codec": "ogg/opus", "compression_level": 1.0}).encode()})
+    with pytest.raises(ValueError, match=r"manifest\.tar:pack\.json: pack manifest lacks the keys "
+                                         r"\['utterances'\]"):
+        unpack_corpus(no_count, tmp_path / "b", workers=1, progress=False)
+    not_json = _rewrite(pack, tmp_path / "text.tar", replace={"pack.json": b"format_version = 1"})
+    with pytest.raises(ValueError, match=r"text\.tar:pack\.json: pack manifest is not valid JSON"):
+        unpack_corpus(not_json, tmp_path / "c", workers=1, progress=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
 def test_pack_errors(corpus, packed, tmp_path):
     pack, _ = packed
     with pytest.raises(FileExistsError, match="corpus.tar exists"):

@@ -1,12 +1,20 @@
 """Markov-chain data: the chains follow their tables, and the reference losses are right."""
 
 import json
+import os
+import re
+import runpy
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import integrate
 from scipy.special import betaln
 
+from conrwkv.data import markov
 from conrwkv.data.binidx import BinidxReader
 from conrwkv.data.markov import (
     LN2,
@@ -19,6 +27,8 @@ from conrwkv.data.markov import (
     sample_chains,
     write_markov_dataset,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_empirical_transitions_match_the_drawn_tables():
@@ -126,3 +136,100 @@ def test_shared_table_warns_about_memorisation(tmp_path):
     with pytest.warns(UserWarning, match="memorisation, not in-context learning"):
         write_markov_dataset(tmp_path / "s", params, progress=False)
     assert params.default_folder().name.endswith("-shared")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--beta", "nan"], "--beta must be a positive finite number"),
+    (["--beta", "inf"], "--beta must be a positive finite number"),
+    (["--beta", "0"], "--beta must be a positive finite number"),
+    (["--n-train", "0"], "--n-train must be at least 1 chain, got 0"),
+    (["--n-val", "0"], "--n-val must be at least 1 chain, got 0"),
+    (["--n-train", "-4"], "--n-train must be at least 1 chain, got -4"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--order", "0"], "--order must be between 1 and 16"),
+    (["--order", "17"], "--order must be between 1 and 16"),
+    (["--order", "4", "--seq-len", "4"], r"--seq-len \(4\) must exceed --order \(4\)"),
+])
+def test_bad_parameters_are_refused_before_anything_is_written(tmp_path, capsys, flags, message):
+    out = tmp_path / "data" / "set"
+    assert datanew_main([*flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datanew.py: error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(ValueError, match=message):        # the library refuses them too
+        write_markov_dataset(out, MarkovDataParams(**_params_of(flags)), progress=False)
+    assert not (tmp_path / "data").exists()
+
+
+def _params_of(flags):
+    values = dict(zip(flags[::2], flags[1::2]))
+    return {flag[2:].replace("-", "_"): (float if flag == "--beta" else int)(value)
+            for flag, value in values.items()}
+
+
+def datanew_main(argv):
+    return runpy.run_path(str(ROOT / "datanew.py"))["main"](argv)
+
+
+def test_out_naming_a_file_and_a_malformed_meta_json_are_refused_by_name(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert datanew_main(["--n-train", "3", "--n-val", "2", "--out", str(tmp_path / "notes.txt")]) == 2
+    assert f"--out {tmp_path / 'notes.txt'} is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    params = MarkovDataParams(seq_len=9, n_train=3, n_val=2)
+    (tmp_path / "d").mkdir()                          # an empty folder is taken as new
+    write_markov_dataset(tmp_path / "d", params, progress=False)
+    meta = tmp_path / "d" / "meta.json"
+    for text, message in (('{"format": "conrwkv-markov-v1", "par', "is not valid JSON"),
+                          ('{"format": "conrwkv-markov-v1"}', r"lacks the keys \['params', 'val'\]")):
+        meta.write_text(text)
+        with pytest.raises(ValueError, match=rf"{re.escape(str(meta))}: Markov data meta.json {message}"):
+            write_markov_dataset(tmp_path / "d", params, progress=False)
+
+
+def test_a_failed_generation_leaves_no_folder(tmp_path, monkeypatch):
+    def fail(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(markov, "reference_curves", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_markov_dataset(tmp_path / "d", MarkovDataParams(seq_len=9, n_train=3, n_val=2), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock"]
+
+
+def _writing_train_bin(partial: Path) -> bool:
+    try:
+        return any(p.stat().st_size > 0 for p in partial.glob(".train.bin.*"))
+    except OSError:                # renamed or deleted between the listing and the stat
+        return False
+
+
+def test_a_killed_run_leaves_nothing_in_the_way_of_two_reruns_at_once(tmp_path):
+    # Big enough that generation takes about half a second, so the kill lands in its middle.
+    flags = ["--order", "2", "--seq-len", "257", "--n-train", "60000", "--n-val", "8", "--seed", "3"]
+    out = tmp_path / "data" / "k2"
+    partial = out.parent / ".k2.partial"
+    command = [sys.executable, str(ROOT / "datanew.py"), *flags, "--out", str(out)]
+    victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _writing_train_bin(partial) and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim.kill()                                      # SIGKILL: no cleanup code runs
+    victim.wait()
+    assert victim.returncode == -9 and partial.is_dir() and not out.exists()
+
+    reruns = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    for rerun in reruns:
+        _, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err
+    assert sorted(os.listdir(out.parent)) == [".k2.lock", "k2"]
+
+    reference = write_markov_dataset(tmp_path / "reference", MarkovDataParams(
+        order=2, seq_len=257, n_train=60000, n_val=8, seed=3), progress=False)
+    assert json.loads((out / "meta.json").read_text()) == reference
+    names = sorted(os.listdir(out))
+    assert names == sorted(os.listdir(tmp_path / "reference")) and len(names) == 6
+    for name in names:
+        assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name

@@ -69,6 +69,19 @@ def test_librispeech_bad_transcript_line_names_file_and_line(tmp_path):
         load_corpus(split_dir)
 
 
+def test_non_utf8_transcripts_and_manifests_name_the_file_and_line(tmp_path):
+    split_dir = make_librispeech(tmp_path)
+    trans = split_dir / "19" / "198" / "19-198.trans.txt"
+    trans.write_bytes(trans.read_bytes().replace(b"LITTLE", b"L\xcdTTLE"))     # Latin-1, line 2
+    with pytest.raises(ValueError, match=r"19-198\.trans\.txt:2: not UTF-8 text \(byte 0xcd at column 19\)"):
+        load_corpus(split_dir)
+    write_tone(tmp_path / "a.wav", 0.2)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"audio": "a.wav", "text": "A"}\n{"audio": "a.wav", "text": "CAF\xc9"}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: not UTF-8 text \(byte 0xc9 at column 32\)"):
+        load_corpus(manifest)
+
+
 def test_manifest_and_disk_dataset_read_the_same_utterances(tmp_path):
     datasets = pytest.importorskip("datasets", reason="pip install datasets (requirements.txt)")
     reference = load_corpus(make_librispeech(tmp_path))

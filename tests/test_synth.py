@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections import Counter
 
 import numpy as np
 import pytest
-from speech_fixtures import dataset2_cli
+from speech_fixtures import dataset2_cli, write_tone
 
 from conrwkv.data import synth
 from conrwkv.data.speech import load_audio, load_corpus
@@ -84,10 +83,92 @@ def test_config_is_checked():
         "espeak-ng", "-v", "en-gb+f3", "-s", "350"]
 
 
-def test_missing_tools_stop_with_the_apt_get_line(monkeypatch):
+def _without_tools(monkeypatch, tmp_path):
+    """As on a GPU machine: no synthesiser, no WordNet, and any command run is a failure here."""
+    def no_commands(*args, **kwargs):
+        raise AssertionError(f"ran {args}")
+
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match="apt-get install -y espeak-ng flite"):
-        synth.ensure_tools([Voice.parse("espeak:en-us"), Voice.parse("flite:slt")], install_missing=False)
+    monkeypatch.setattr(synth, "WORDNET_DIR", tmp_path / "no-wordnet")
+    monkeypatch.setattr(synth.subprocess, "run", no_commands)
+
+
+def test_missing_tools_stop_with_the_apt_get_line_and_are_never_installed(monkeypatch, tmp_path):
+    _without_tools(monkeypatch, tmp_path)
+    monkeypatch.setattr(synth.os, "geteuid", lambda: 0)          # even as root with apt-get there
+    monkeypatch.setattr(synth.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    with pytest.raises(FileNotFoundError, match=r"synth needs the Debian packages espeak-ng, flite, "
+                                                r"wordnet-base, which are not installed: "
+                                                r"apt-get install espeak-ng flite wordnet-base$"):
+        synth.ensure_tools([Voice.parse("espeak:en-us"), Voice.parse("flite:slt")])
+    with pytest.raises(FileNotFoundError, match=r": apt-get install flite wordnet-base$"):
+        synth.ensure_tools([Voice.parse("flite:slt")])
+
+
+def _hand_made_corpus(root, config):
+    """A corpus in the layout synth writes, made without synthesisers: what a finished corpus
+    carried to another machine looks like to the completeness check."""
+    start = 0
+    for split, count in config.counts().items():
+        for chapter, ids in ((1, range(start, start + count, 2)), (2, range(start + 1, start + count, 2))):
+            folder = root / split / "1" / str(chapter)
+            lines = [f"1-{chapter}-{i:04d} SENTENCE {i}\n" for i in ids]
+            for i in ids:
+                write_tone(folder / f"1-{chapter}-{i:04d}.flac", 0.1)
+            if lines:
+                (folder / f"1-{chapter}.trans.txt").write_text("".join(lines))
+        start += count
+    (root / "meta.json").write_text(json.dumps({"params": config.params(), "complete": True}))
+    return root
+
+
+TINY_FLAGS = ["--train", "4", "--dev", "1", "--test_clean", "2", "--test_other", "2", "--seed", "7",
+              "--voices", *TINY.voices, "--heldout_voices", *TINY.heldout_voices, "--speeds", "0.9", "1.3",
+              "--max_words", "5", "--no_progress"]
+
+
+def test_complete_corpus_is_reused_without_the_tools(monkeypatch, tmp_path, capsys):
+    _without_tools(monkeypatch, tmp_path)
+    root = _hand_made_corpus(tmp_path / "corpus", TINY)
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert synthesize_corpus(root, TINY, progress=False) == root
+    assert dataset2_cli().main(["synth", "--out", str(root), *TINY_FLAGS]) == 0
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
+
+    # Anything missing means a resume, which needs the tools: stop and say what to install.
+    next(root.glob("test-other/*/*/*.flac")).unlink()
+    assert dataset2_cli().main(["synth", "--out", str(root), *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("dataset2.py: error: synth needs the Debian packages espeak-ng, flite, "
+                                    "wordnet-base, which are not installed: "
+                                    "apt-get install espeak-ng flite wordnet-base")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["incomplete", "no transcript", "transcript of other ids"])
+def test_an_unfinished_corpus_is_not_taken_for_complete(tmp_path, damage):
+    root = _hand_made_corpus(tmp_path / "corpus", TINY)
+    meta = json.loads((root / "meta.json").read_text())
+    assert synth.is_complete(root, meta, TINY)
+    transcript = root / "train" / "1" / "1" / "1-1.trans.txt"
+    if damage == "incomplete":
+        meta["complete"] = False
+    elif damage == "no transcript":
+        transcript.unlink()
+    else:
+        transcript.write_text(transcript.read_text().replace("1-1-0002", "1-1-0003"))
+    assert not synth.is_complete(root, meta, TINY)
+
+
+def test_a_malformed_meta_json_is_refused_by_name(tmp_path):
+    root = _hand_made_corpus(tmp_path / "corpus", TINY)
+    (root / "meta.json").write_text('{"params": ')
+    with pytest.raises(ValueError, match=r"corpus/meta\.json: synthetic corpus meta\.json is not valid JSON"):
+        synthesize_corpus(root, TINY, progress=False)
+    (root / "meta.json").write_text('{"complete": true}')
+    with pytest.raises(ValueError, match=r"corpus/meta\.json: synthetic corpus meta\.json lacks the keys "
+                                         r"\['params'\]"):
+        synthesize_corpus(root, TINY, progress=False)
 
 
 @needs_tools
@@ -131,7 +212,7 @@ def test_synthesis_is_deterministic_and_checks_voices(tmp_path):
     dataset2_cli().main(["synth", "--out", str(tmp_path / "b"), "--train", "2", "--dev", "0",
                          "--test_clean", "0", "--test_other", "1", "--seed", "7",
                          "--voices", *config.voices, "--heldout_voices", *config.heldout_voices,
-                         "--speeds", "0.9", "1.3", "--max_words", "5", "--no_progress", "--no_install"])
+                         "--speeds", "0.9", "1.3", "--max_words", "5", "--no_progress"])
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "meta.json")
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")
                      if p.is_file() and p.name != "meta.json")
@@ -142,26 +223,3 @@ def test_synthesis_is_deterministic_and_checks_voices(tmp_path):
         synth.check_voices([Voice.parse("flite:nobody")])
     with pytest.raises(ValueError, match="espeak-ng has no voice 'xx-nowhere'"):
         synth.check_voices([Voice.parse("espeak:xx-nowhere")])
-
-
-def test_missing_tools_are_installed_with_apt_get_as_root(monkeypatch, tmp_path):
-    installed = {"done": False}
-    commands = []
-
-    def fake_run(command, env):
-        commands.append(command)
-        assert env["DEBIAN_FRONTEND"] == "noninteractive"
-        if command[:2] == ["apt-get", "install"]:
-            installed["done"] = True
-            for name in synth.WORDNET_FILES:
-                (tmp_path / name).write_text("")
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(synth, "WORDNET_DIR", tmp_path)
-    monkeypatch.setattr(synth.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(synth.shutil, "which",
-                        lambda name: f"/usr/bin/{name}" if installed["done"] or name == "apt-get" else None)
-    monkeypatch.setattr(synth.subprocess, "run", fake_run)
-    synth.ensure_tools([Voice.parse("espeak:en-us"), Voice.parse("flite:slt")])
-    assert commands == [["apt-get", "update"],
-                        ["apt-get", "install", "-y", "espeak-ng", "flite", "wordnet-base"]]

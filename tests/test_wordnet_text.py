@@ -5,6 +5,7 @@ the "text # text" copy documents, and the `dataset2.py lmtext` command line."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,10 @@ def test_corpus_transcripts_are_normalised(tmp_path):
                      "it was not long before he came", "the cat's whiskers", "and so on"}
     with pytest.raises(FileNotFoundError, match=r"no \*.trans.txt transcripts under .*test-other"):
         corpus_transcripts(tmp_path / "LibriSpeech", ["dev", "test-other"])
+    trans = tmp_path / "LibriSpeech" / "dev" / "26" / "495" / "26-495.trans.txt"
+    trans.write_bytes(trans.read_bytes() + b"26-495-0002 NA\xefVE\n")
+    with pytest.raises(ValueError, match=r"26-495\.trans\.txt:3: not UTF-8 text"):
+        corpus_transcripts(tmp_path / "LibriSpeech", ["dev"])
 
 
 def test_train_and_val_files(wordnet, tmp_path):
@@ -172,7 +177,7 @@ def test_copy_fraction_outside_zero_one_is_refused(wordnet, tmp_path, fraction):
     assert not (tmp_path / "lm").exists()
 
 
-def test_lmtext_command_line(wordnet, tmp_path, monkeypatch):
+def test_lmtext_command_line(wordnet, tmp_path, monkeypatch, capsys):
     for split in ("dev", "test-clean", "test-other"):
         make_librispeech(tmp_path, split)
     corpus = tmp_path / "LibriSpeech"
@@ -191,9 +196,10 @@ def test_lmtext_command_line(wordnet, tmp_path, monkeypatch):
               "--val_splits"])
     assert documents(tmp_path / "lm2" / "train") == [plain(t) for t in TRAIN]
     assert not (tmp_path / "lm2" / "val.idx").exists()
-    with pytest.raises(FileNotFoundError, match="no .*transcripts under .*nowhere"):
-        cli.main(["lmtext", "--corpus", str(corpus), "--out", str(tmp_path / "lm3"),
-                  "--exclude_splits", "nowhere"])
+    capsys.readouterr()
+    assert cli.main(["lmtext", "--corpus", str(corpus), "--out", str(tmp_path / "lm3"),
+                     "--exclude_splits", "nowhere"]) == 2
+    assert re.fullmatch(r"dataset2.py: error: no .*transcripts under .*nowhere\n", capsys.readouterr().err)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["lmtext", "--out", str(tmp_path / "lm4")])
     assert exit_info.value.code == 2

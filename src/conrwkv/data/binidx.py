@@ -7,7 +7,8 @@ A `<prefix>.bin` holds every token of every document back to back; `<prefix>.idx
     sizes int32[n_items] | pointers int64[n_items] (byte offsets) | doc_idx int64[n_doc_idx]
 
 The reader checks every length against the file sizes, so a truncated .idx or .bin is refused
-with its name instead of yielding garbage tokens.
+with its name instead of yielding garbage tokens. The layout also has float dtype codes (6, 7);
+a file of floats holds no token ids anyone can train on, so the reader refuses it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ VERSION = 1
 DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float32,
                7: np.float64, 8: np.uint16}
 CODE_OF_DTYPE = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
+RANGE_CHUNK = 1 << 24        # tokens per step of token_range: its temporaries stay small
 _HEADER = struct.Struct("<9sQBQQ")
 
 
@@ -94,6 +96,9 @@ class BinidxReader:
         if code not in DTYPE_CODES:
             raise ValueError(f"{idx_path}: unknown dtype code {code}")
         self.dtype = np.dtype(DTYPE_CODES[code])
+        if self.dtype.kind == "f":
+            raise ValueError(f"{idx_path}: dtype code {code} ({self.dtype.name}) holds floating-point "
+                             f"values, not token ids; write token files with an integer dtype")
         expected = _HEADER.size + 4 * n_items + 8 * n_items + 8 * n_doc
         if idx_bytes != expected:
             raise ValueError(f"{idx_path}: {idx_bytes} bytes, but its header ({n_items} items, "
@@ -111,8 +116,10 @@ class BinidxReader:
         if bin_bytes != needed:
             raise ValueError(f"{bin_path}: {bin_bytes} bytes, but {idx_path.name} describes "
                              f"{needed}: truncated or from another index")
+        self.bin_path = bin_path
         self.tokens = (np.memmap(bin_path, mode="r", dtype=self.dtype) if bin_bytes
                        else np.zeros(0, dtype=self.dtype))
+        self._range: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -124,3 +131,17 @@ class BinidxReader:
     @property
     def n_tokens(self) -> int:
         return int(self.tokens.shape[0])
+
+    def token_range(self) -> tuple[int, int]:
+        """(smallest, largest) token id in the file, computed once in one chunked pass over the
+        memory map; a ValueError when the file holds no tokens."""
+        if self._range is None:
+            if not self.n_tokens:
+                raise ValueError(f"{self.bin_path} holds no tokens")
+            lows, highs = [], []
+            for start in range(0, self.n_tokens, RANGE_CHUNK):
+                chunk = self.tokens[start:start + RANGE_CHUNK]
+                lows.append(int(chunk.min()))
+                highs.append(int(chunk.max()))
+            self._range = (min(lows), max(highs))
+        return self._range

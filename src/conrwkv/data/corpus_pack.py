@@ -26,13 +26,14 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from conrwkv.io import atomic_json_save, atomic_write_bytes
+from conrwkv.io import atomic_json_save, atomic_write_bytes, parse_json, require_keys
 
 log = logging.getLogger(__name__)
 
 PACKED_SUFFIX = ".opus"
 PACK_FORMAT_VERSION = 1
 MANIFEST_NAME = "pack.json"
+MANIFEST_KEYS = ("format_version", "codec", "compression_level", "utterances")
 
 
 def _corpus_files(corpus: Path) -> tuple[list[Path], list[Path]]:
@@ -131,22 +132,29 @@ def unpack_corpus(pack: str | os.PathLike, out: str | os.PathLike, workers: int 
         names = {m.name for m in members}
         if MANIFEST_NAME not in names:
             raise ValueError(f"{pack} has no {MANIFEST_NAME}: it was not made by pack")
-        manifest = json.loads(tar.extractfile(MANIFEST_NAME).read())
+        manifest_source = f"{pack}:{MANIFEST_NAME}"
+        manifest = parse_json(tar.extractfile(MANIFEST_NAME).read(), manifest_source, "pack manifest",
+                              ("format_version",))
         if manifest.get("format_version") != PACK_FORMAT_VERSION:
             raise ValueError(f"{pack}: pack format {manifest.get('format_version')} is not the "
                              f"supported {PACK_FORMAT_VERSION}")
-        jobs, meta = [], None
+        require_keys(manifest, MANIFEST_KEYS, manifest_source, "pack manifest")
+        # Every name and the corpus meta.json are checked before anything is written.
         for member in members:
             rel = Path(member.name)
             if rel.is_absolute() or ".." in rel.parts:
                 raise ValueError(f"{pack}: unsafe member name {member.name!r}")
-            if not member.isfile() or member.name == MANIFEST_NAME:
+        meta = None
+        if "meta.json" in names:
+            meta = parse_json(tar.extractfile("meta.json").read(), f"{pack}:meta.json", "corpus meta.json")
+        jobs = []
+        for member in members:
+            rel = Path(member.name)
+            if not member.isfile() or member.name in (MANIFEST_NAME, "meta.json"):
                 continue
             data = tar.extractfile(member).read()
             if rel.suffix == PACKED_SUFFIX:
                 jobs.append((data, out / rel.with_suffix(".flac"), member.name))
-            elif rel.name == "meta.json" and len(rel.parts) == 1:
-                meta = json.loads(data)
             else:
                 atomic_write_bytes(out / rel, lambda f, d=data: f.write(d))
         if len(jobs) != manifest["utterances"]:

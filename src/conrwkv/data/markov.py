@@ -21,8 +21,15 @@ is charged ln 2 there. From position k on:
 
 from __future__ import annotations
 
-import json
+import fcntl
+import logging
+import math
+import os
+import shutil
 import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,10 +37,11 @@ import numpy as np
 from scipy.special import betaln
 from tqdm.auto import tqdm
 
-from ..io import atomic_json_save, atomic_write_bytes
+from ..io import atomic_json_save, atomic_write_bytes, read_json
 from .binidx import write_binidx
 
 LN2 = float(np.log(2.0))
+log = logging.getLogger(__name__)
 
 
 def sample_chains(n: int, length: int, order: int, beta: float, rng: np.random.Generator,
@@ -128,6 +136,10 @@ def reference_curves(x: np.ndarray, tables: np.ndarray, order: int, beta: float)
 # ---------------------------------------------------------------------------- dataset folders
 FORMAT = "conrwkv-markov-v1"
 CHUNK = 4096          # chains generated per step of the progress bar
+# A chain's table has 2**order entries: at order 16 one step of CHUNK chains holds 2 GiB of them.
+MAX_ORDER = 16
+DATA_FILES = ("train.bin", "train.idx", "val.bin", "val.idx", "val_curves.npz")
+META_KEYS = ("format", "params", "val")
 
 
 @dataclass(frozen=True)
@@ -146,28 +158,46 @@ class MarkovDataParams:
         return Path(root) / (f"k{self.order}-beta{self.beta:g}-len{self.seq_len}-"
                              f"train{self.n_train}-val{self.n_val}-seed{self.seed}{shared}")
 
+    def validate(self) -> None:
+        """Refuse parameters that cannot make a data set, naming datanew.py's flag for each."""
+        if not 1 <= self.order <= MAX_ORDER:
+            raise ValueError(f"--order must be between 1 and {MAX_ORDER} (a chain's transition "
+                             f"table has 2**order entries), got {self.order}")
+        if self.seq_len <= self.order:
+            raise ValueError(f"--seq-len ({self.seq_len}) must exceed --order ({self.order})")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"--beta must be a positive finite number (the Beta(beta, beta) "
+                             f"prior), got {self.beta}")
+        for flag, count in (("--n-train", self.n_train), ("--n-val", self.n_val)):
+            if count < 1:
+                raise ValueError(f"{flag} must be at least 1 chain, got {count}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
+
 
 def check_folder(out: Path, params: MarkovDataParams) -> bool:
     """True when `out` already holds this data set; raise when it holds anything else."""
     meta_path = out / "meta.json"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        made_with = meta.get("params", {})
+        meta = read_json(meta_path, "Markov data meta.json", META_KEYS)
+        made_with = meta["params"] if isinstance(meta["params"], dict) else {}
         wanted = asdict(params)
-        if meta.get("format") != FORMAT or made_with != wanted:
+        if meta["format"] != FORMAT or made_with != wanted:
             diff = {k: (made_with.get(k), v) for k, v in wanted.items() if made_with.get(k) != v}
             raise ValueError(f"{out} holds Markov data made with other parameters "
                              f"(parameter: (in the folder, asked now)) {diff}; choose another "
                              f"--out (the default folder is named by the parameters)")
-        missing = [name for name in ("train.bin", "train.idx", "val.bin", "val.idx",
-                                     "val_curves.npz") if not (out / name).is_file()]
+        missing = [name for name in DATA_FILES if not (out / name).is_file()]
         if missing:
             raise ValueError(f"{out}: meta.json is there but {missing} are missing; the folder is "
                              f"incomplete: delete it or choose another --out")
         return True
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists, is not empty, and has no meta.json: it is not a "
-                         f"datanew.py folder; choose another --out")
+                         f"datanew.py folder (or one an older datanew.py left half-written); "
+                         f"delete it or choose another --out")
     return False
 
 
@@ -175,15 +205,56 @@ def write_markov_dataset(out: str | Path, params: MarkovDataParams, progress: bo
     """Generate train and val chains into `out` (binidx + meta.json + val_curves.npz).
 
     Deterministic for params.seed; train and val use independent streams, so the val set does
-    not depend on n_train. Returns the meta dict; does nothing if `out` already holds this set."""
+    not depend on n_train. Returns the meta dict; does nothing if `out` already holds this set.
+
+    `out` never holds part of a data set: the files are written into the sibling folder
+    `.<name>.partial`, which is renamed to `out` when complete. A partial folder left by a killed
+    run is deleted by the next one. Processes making the same folder at once take turns on the
+    lock file `.<name>.lock`: the first generates, the others then find the finished folder."""
     out = Path(out)
+    params.validate()
     if check_folder(out, params):
-        return json.loads((out / "meta.json").read_text())
+        return read_json(out / "meta.json", "Markov data meta.json", META_KEYS)
+    target = Path(os.path.abspath(out))         # ".." resolved, so that siblings have a name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent / f".{target.name}.lock", out):
+        if check_folder(out, params):           # finished by another process while we waited
+            return read_json(out / "meta.json", "Markov data meta.json", META_KEYS)
+        partial = target.parent / f".{target.name}.partial"
+        # Holding the lock, no live process writes `partial`: any found is a killed run's.
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            meta = _generate(partial, params, progress)
+            os.replace(partial, target)         # onto nothing or an empty folder: atomic
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return meta
+
+
+@contextmanager
+def _exclusive(lock_path: Path, out: Path) -> Iterator[None]:
+    """Hold an flock on `lock_path` (released by the kernel if the process dies). The lock file
+    stays: deleting it could let two processes lock two different files of the same name."""
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process that is generating %s", out)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _generate(out: Path, params: MarkovDataParams, progress: bool) -> dict:
+    """Write the whole data set into the new folder `out`; meta.json last."""
     if params.shared_table:
         warnings.warn("--shared-table: every chain uses ONE transition table. A model can then "
                       "memorise that table in its weights: this tests memorisation, not "
-                      "in-context learning.", stacklevel=2)
-    out.mkdir(parents=True, exist_ok=True)
+                      "in-context learning.", stacklevel=3)
+    out.mkdir()
     table_rng = np.random.default_rng([params.seed, 2])
     shared = table_rng.beta(params.beta, params.beta, size=2**params.order) if params.shared_table else None
 
@@ -205,8 +276,8 @@ def write_markov_dataset(out: str | Path, params: MarkovDataParams, progress: bo
     curves = reference_curves(val_x, val_tables, params.order, params.beta)
     bayes_by_position = add_beta_losses(val_x, params.order, params.beta, first=params.order)
     exact = bayes_sequence_loss(val_x, params.order, params.beta) / (params.seq_len - 1)
-    atomic_write_bytes(out / "val_curves.npz", lambda f: np.savez_compressed(
-        f, bayes_by_sequence=bayes_by_position.astype(np.float32), **curves))
+    save_npz(out / "val_curves.npz", {"bayes_by_sequence": bayes_by_position.astype(np.float32),
+                                      **curves})
     meta = {
         "format": FORMAT,
         "params": asdict(params),
@@ -225,3 +296,17 @@ def write_markov_dataset(out: str | Path, params: MarkovDataParams, progress: bo
     }
     atomic_json_save(meta, out / "meta.json")       # written last: its presence means complete
     return meta
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """What np.savez_compressed writes, but the same bytes for the same arrays: numpy stamps each
+    member with the current time, so two runs of one data set would differ."""
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, array in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+    atomic_write_bytes(path, write)

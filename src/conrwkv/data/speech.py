@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from conrwkv.io import atomic_write_bytes
+from conrwkv.io import atomic_write_bytes, text_lines
 
 from .resumable import ResumableBatchSampler
 
@@ -178,7 +178,7 @@ def load_librispeech(path: str | os.PathLike, split: str | None = None) -> list[
     listed: set[Path] = set()
     for trans in transcripts:
         chapter_prefix = trans.name[: -len(".trans.txt")]
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in text_lines(trans):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -229,7 +229,7 @@ def load_manifest(path: str | os.PathLike) -> list[Utterance]:
     if not path.is_file():
         raise ValueError(f"manifest {path} does not exist")
     utterances = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

@@ -19,7 +19,10 @@ meta.json records both mappings.
 
 The corpus is deterministic for its parameters. meta.json holds them: a folder made with other
 parameters is refused, one made with the same parameters is resumed (finished FLAC files, which
-are written atomically, are kept).
+are written atomically, are kept). A complete one (meta.json says so, and every FLAC file and
+transcript it promises is there) is reused as it is, without the synthesisers or WordNet, so a
+corpus carried to a machine without them still serves. Missing tools are never installed from
+here: synth stops and says which Debian packages to install.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from conrwkv.data.speech import SAMPLE_RATE, load_audio
-from conrwkv.io import atomic_json_save, atomic_write_bytes
+from conrwkv.io import atomic_json_save, atomic_write_bytes, read_json, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -231,23 +234,13 @@ def plan_corpus(config: SynthConfig, sentences: list[tuple[str, str]]) -> list[P
 # Tools
 
 
-def ensure_tools(voices: list[Voice], install_missing: bool = True) -> None:
-    """Make sure the synthesisers the voices need and the WordNet text are installed: with
-    apt-get when allowed and running as root, otherwise stop with what to install."""
+def ensure_tools(voices: list[Voice]) -> None:
+    """Stop, saying what to install, unless the synthesisers the voices need and the WordNet
+    text are installed. A data tool never installs system packages itself."""
     missing = _missing_packages(voices)
-    if not missing:
-        return
-    hint = f"install them with: apt-get update && apt-get install -y {' '.join(missing)}"
-    if not install_missing or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"synth needs the Debian packages {', '.join(missing)}; {hint}")
-    log.info("installing %s with apt-get", " ".join(missing))
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", *missing]):
-        if subprocess.run(command, env=env).returncode != 0:
-            raise RuntimeError(f"`{' '.join(command)}` failed; {hint}")
-    still_missing = _missing_packages(voices)
-    if still_missing:
-        raise RuntimeError(f"{', '.join(still_missing)} still missing after apt-get; {hint}")
+    if missing:
+        raise FileNotFoundError(f"synth needs the Debian packages {', '.join(missing)}, which are "
+                                f"not installed: apt-get install {' '.join(missing)}")
 
 
 def _missing_packages(voices: list[Voice]) -> list[str]:
@@ -328,32 +321,61 @@ def _write_transcripts(plan: list[PlannedUtterance], root: Path) -> None:
         atomic_write_bytes(path, lambda f, data=text: f.write(data.encode()))
 
 
-def _prepare_folder(root: Path, config: SynthConfig) -> None:
-    """Refuse a folder made with other parameters or by something else; accept a resume."""
+def _prepare_folder(root: Path, config: SynthConfig) -> dict | None:
+    """Refuse a folder made with other parameters or by something else; return the meta.json of
+    one made with these parameters (None for a new or empty folder)."""
     meta_path = root / "meta.json"
     if not root.exists() or not any(root.iterdir()):
-        return
+        return None
     if not meta_path.is_file():
         raise FileExistsError(f"{root} is not empty and has no meta.json, so it was not made by "
                               "synth; choose a new --out")
-    old = json.loads(meta_path.read_text()).get("params", {})
-    new = config.params()
+    meta = read_json(meta_path, "synthetic corpus meta.json", ("params",))
+    old, new = meta["params"] if isinstance(meta["params"], dict) else {}, config.params()
     if old != new:
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         details = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
         raise FileExistsError(f"{root} was made with other parameters ({details}); choose a new --out "
                               "or repeat the original parameters to resume")
-    log.info("resuming the synthetic corpus in %s (same parameters)", root)
+    return meta
+
+
+def is_complete(root: Path, meta: dict, config: SynthConfig) -> bool:
+    """Whether the corpus in `root` is finished: meta.json says so, each split has its number of
+    FLAC files, and each chapter folder has a transcript listing exactly its FLAC files. Only
+    names are compared (cheap); the audio is not decoded."""
+    if meta.get("complete") is not True:
+        return False
+    for split, count in config.counts().items():
+        flacs = list((root / split).glob("*/*/*.flac"))
+        if len(flacs) != count:
+            return False
+        ids_by_chapter: dict[Path, set[str]] = {}
+        for flac in flacs:
+            ids_by_chapter.setdefault(flac.parent, set()).add(flac.stem)
+        for chapter, ids in ids_by_chapter.items():
+            transcript = chapter / f"{chapter.parent.name}-{chapter.name}.trans.txt"
+            if not transcript.is_file():
+                return False
+            if {line.split(" ", 1)[0] for _, line in text_lines(transcript) if line.strip()} != ids:
+                return False
+    return True
 
 
 def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int | None = None,
-                      install_missing: bool = True, progress: bool = True) -> Path:
-    """Write the corpus under `out` (out/<split>/<speaker>/<chapter>/..., meta.json) and return out."""
+                      progress: bool = True) -> Path:
+    """Write the corpus under `out` (out/<split>/<speaker>/<chapter>/..., meta.json) and return
+    out; a complete corpus with these parameters is returned as it is."""
     config.validate()
     root = Path(out)
-    _prepare_folder(root, config)
+    existing = _prepare_folder(root, config)
+    if existing is not None and is_complete(root, existing, config):
+        log.info("the synthetic corpus in %s is complete (same parameters): reused as it is", root)
+        return root
+    if existing is not None:
+        log.info("resuming the synthetic corpus in %s (same parameters)", root)
     voices = [Voice.parse(v) for v in (*config.voices, *config.heldout_voices)]
-    ensure_tools(voices, install_missing)
+    ensure_tools(voices)
     check_voices(voices)
     plan = plan_corpus(config, load_sentences(config.min_words, config.max_words))
     speakers = {str(i + 1): v for i, v in enumerate((*config.voices, *config.heldout_voices))}

@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..io import text_lines
 from .binidx import write_binidx
 from .synth import WORDNET_DIR, wordnet_glosses
 from .tokenizer import WorldTokenizer
@@ -69,7 +70,7 @@ def corpus_transcripts(corpus: str | os.PathLike, splits: Iterable[str]) -> set[
         if not files:
             raise FileNotFoundError(f"no *.trans.txt transcripts under {folder}")
         for path in files:
-            for line in path.read_text().splitlines():
+            for _, line in text_lines(path):
                 _, _, transcript = line.partition(" ")
                 text = normalize_text(transcript)
                 if text:
