@@ -151,9 +151,10 @@ def compare(reference: Path, resumed: Path) -> Comparison:
             continue
         if got.keys() != expected.keys() or not all(torch.equal(got[k], expected[k]) for k in expected):
             result.different.append(name)
-    ckpts = {p.name for p in (resumed / "checkpoints").iterdir()} if (resumed / "checkpoints").is_dir() else set()
-    want_ckpts = {p.name for p in (reference / "checkpoints").iterdir()}
-    result.missing += sorted(f"checkpoints/{n}" for n in want_ckpts - ckpts)
+    def checkpoints(folder):
+        return {p.name for p in (folder / "checkpoints").glob("step*.ckpt")}
+
+    result.missing += sorted(f"checkpoints/{n}" for n in checkpoints(reference) - checkpoints(resumed))
     result.leftovers = [str(p) for p in temporaries(resumed)]
     return result
 

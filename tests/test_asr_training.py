@@ -210,7 +210,8 @@ def test_a_corpus_whose_audio_is_all_undecodable_is_an_error_not_a_silent_run(se
     model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", data_file=str(corpus), max_steps=4,
                                         save_every=2)
     asr.skip_bad_audio = True
-    with pytest.raises(ValueError, match="none of the [34] training utterances read since this launch started could be decoded"):
+    with pytest.raises(ValueError, match="none of the [34] training utterances read since this "
+                                         "launch started could be decoded"):
         run_asr.train_asr(model_cfg, {}, train_cfg, asr)
     assert not list((tmp_path / "run").glob("asr-step*.pth"))
 

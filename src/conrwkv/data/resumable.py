@@ -80,7 +80,8 @@ class ShardedBatchSampler(ResumableBatchSampler):
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
                  else np.arange(self.n))
-        mine = order[: self.batches_per_epoch * self.num_replicas * self.batch_size][self.rank::self.num_replicas]
+        used = order[: self.batches_per_epoch * self.num_replicas * self.batch_size]
+        mine = used[self.rank::self.num_replicas]
         return [mine[b * self.batch_size:(b + 1) * self.batch_size].tolist()
                 for b in range(self.batches_per_epoch)]
 

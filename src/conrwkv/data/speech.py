@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from conrwkv.io import atomic_write_bytes, text_lines
+from conrwkv.io import atomic_write_bytes, read_json, text_lines
 
 from .resumable import ResumableBatchSampler
 
@@ -290,7 +290,7 @@ def load_disk_dataset(path: str | os.PathLike, split: str | None = None, text_co
 
 def _disk_dataset_and_split(path: Path, split: str | None):
     if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        splits = read_json(path / "dataset_dict.json", "datasets' split listing", ("splits",))["splits"]
         if split is None:
             if len(splits) != 1:
                 raise ValueError(f"dataset {path} has splits {splits}: name one")
@@ -364,7 +364,7 @@ def corpus_splits(source: str | os.PathLike) -> list[str]:
     if not path.is_dir():
         return []
     if (path / "dataset_dict.json").is_file():
-        listing = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))
+        listing = read_json(path / "dataset_dict.json", "datasets' split listing", ("splits",))
         return [str(s) for s in listing["splits"]]
     if (path / "state.json").is_file() or next(path.glob("*/*/*.trans.txt"), None) is not None:
         return []

@@ -14,11 +14,10 @@ the others; each row records the folder it read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..io import atomic_json_save
+from ..io import atomic_json_save, read_json
 from ..train.checkpoint import latest_weights
 
 WEIGHTS_NAME = "asr"
@@ -50,7 +49,8 @@ def run_row(label: str, folder: str | Path) -> dict:
     if not sidecar.is_file():
         raise FileNotFoundError(f"run {label!r}: {sidecar} is missing (written by training)")
     summary = eval_summary(label, weights)
-    meta, evaluated = json.loads(sidecar.read_text()), json.loads(summary.read_text())
+    meta = read_json(sidecar, f"run {label!r} weights sidecar", ("step",))
+    evaluated = read_json(summary, f"run {label!r} eval summary", ("beam", "splits"))
     return {"label": label, "folder": str(folder), "weights": str(weights), "step": meta["step"],
             "train_seconds": meta.get("train_seconds"), "beam": evaluated["beam"],
             "eval": str(summary.parent),

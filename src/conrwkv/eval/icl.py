@@ -13,15 +13,15 @@ gets `-icl-2.json` / `-icl-2.png`, and so on (eval/fresh_names.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.binidx import BinidxReader
+from ..data.markov import META_KEYS
 from ..data.sampling import DocumentDataset
-from ..io import atomic_json_save, atomic_write_bytes
+from ..io import atomic_json_save, atomic_write_bytes, read_json
 from .fresh_names import new_files
 
 
@@ -50,7 +50,7 @@ def predictions_per_chain(data_dir: str | Path) -> int:
 def icl_summary(model_losses: np.ndarray, data_dir: str | Path) -> dict:
     """Mean losses over the positions the model predicted, against every reference."""
     data_dir = Path(data_dir)
-    meta = json.loads((data_dir / "meta.json").read_text())
+    meta = read_json(data_dir / "meta.json", "Markov data meta.json", META_KEYS)
     refs = np.load(data_dir / "val_curves.npz")
     T = model_losses.shape[1]
     if T > refs["bayes_by_sequence"].shape[1]:

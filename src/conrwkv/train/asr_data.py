@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+
 from ..config import AsrConfig, TrainConfig
 from ..data.resumable import ResumableLoader
 from ..data.speech import (

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..io import atomic_json_save, atomic_torch_save
+from ..io import atomic_json_save, atomic_torch_save, check_finite
 
 RESUME_DIR = "checkpoints"
 _RESUME_NAME = re.compile(r"^step(\d+)\.ckpt$")
@@ -96,9 +96,7 @@ def check_resume_checkpoint(path: Path) -> None:
     missing = [k for k in ("state_dict", "global_step", "loops") if k not in checkpoint]
     if missing:
         raise ValueError(f"{path} is not a training checkpoint (no {', '.join(missing)})")
-    for name, tensor in checkpoint["state_dict"].items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{path}: {name} holds NaN or infinite values")
+    check_finite(checkpoint["state_dict"], str(path))
 
 
 def set_aside_if_damaged(path: Path) -> None:

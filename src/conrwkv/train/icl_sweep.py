@@ -16,7 +16,6 @@ sweep continues where it stopped. Results: <out>/sweep.json, sweep.md, sweep.png
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.markov import MarkovDataParams, write_markov_dataset
-from ..io import atomic_json_save, atomic_write_bytes
+from ..io import atomic_json_save, atomic_write_bytes, read_json
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -38,7 +37,7 @@ def run_name(order: int, kernel: int, depth: int) -> str:
 
 def find_result(run_dir: Path) -> dict | None:
     found = sorted(run_dir.glob("rwkv-step*-icl.json"))
-    return json.loads(found[-1].read_text()) if found else None
+    return read_json(found[-1], "ICL evaluation") if found else None
 
 
 def train_command(args, data: Path, run_dir: Path, kernel: int, depth: int) -> list[str]:

@@ -7,7 +7,6 @@ training loader's position in the epoch is part of the resumable checkpoint (dat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -16,8 +15,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import TrainConfig
 from ..data.binidx import BinidxReader
+from ..data.markov import META_KEYS
 from ..data.resumable import ResumableLoader, ShardedBatchSampler
 from ..data.sampling import DocumentDataset, WindowDataset
+from ..io import read_json
 
 
 def resolve_lm_data(cfg: TrainConfig) -> tuple[Path, Path | None, str, dict | None]:
@@ -30,7 +31,7 @@ def resolve_lm_data(cfg: TrainConfig) -> tuple[Path, Path | None, str, dict | No
         if not (data / "meta.json").is_file():
             raise ValueError(f"{data} is a folder without meta.json: pass a binidx prefix "
                              f"(path/name for path/name.bin + .idx) or a datanew.py folder")
-        meta = json.loads((data / "meta.json").read_text())
+        meta = read_json(data / "meta.json", "Markov data meta.json", META_KEYS)
         train, val = data / "train", data / "val"
     else:
         train = Path(str(data).removesuffix(".bin").removesuffix(".idx"))
@@ -56,7 +57,7 @@ class LMDataModule(L.LightningDataModule):
     def _dataset(self, prefix: Path) -> Dataset:
         reader = BinidxReader(prefix)
         if reader.n_tokens:
-            low, high = int(reader.tokens.min()), int(reader.tokens.max())
+            low, high = reader.token_range()
             if low < 0:
                 raise ValueError(f"{prefix}.bin holds the negative token id {low}: not token data")
             if high >= self.vocab_size:

@@ -24,10 +24,8 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from ..config import AsrConfig, ModelConfig, TrainConfig, resume_may_change
-from ..io import atomic_json_save
+from ..io import atomic_json_save, read_json
 from .checkpoint import RESUME_DIR, check_resume_checkpoint, resume_checkpoints
 
 log = logging.getLogger(__name__)
@@ -75,11 +73,7 @@ def check_run_settings(proj_dir: str | Path, settings: dict) -> None:
                              f"by an older version of this project, whose checkpoints do not hold "
                              f"the data position; choose a new --proj_dir")
         return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({err}); it records the settings of the run "
-                         f"in {proj}: restore it, or choose a new --proj_dir") from err
+    saved = read_json(path, "the run's settings (restore the file, or choose a new --proj_dir)")
     differences = _differences(_comparable(saved), _comparable(settings))
     if differences:
         allowed = sorted({n for cls in _SECTIONS.values() for n in resume_may_change(cls)})
