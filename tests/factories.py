@@ -6,7 +6,15 @@ from pathlib import Path
 
 import torch
 
+from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.model import RWKV6, ModelConfig
+
+
+def markov_folder(tmp_path_factory, **params) -> Path:
+    """A datanew.py folder of order-1 chains (MarkovDataParams fields as keywords)."""
+    out = tmp_path_factory.mktemp("data") / "k1"
+    write_markov_dataset(out, MarkovDataParams(**params), progress=False)
+    return out
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -89,6 +89,7 @@ def kill(args: list[str], proj_dir: Path, *, inside_save: bool, after_files: int
     Returns where the kill landed: "inside a save", "between saves" or "after the end"."""
     before = _snapshot(proj_dir)
     log = proj_dir.parent / f"{proj_dir.name}-launch.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as stderr:
         proc = subprocess.Popen(command(args, proj_dir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=stderr)

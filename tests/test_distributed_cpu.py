@@ -8,9 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from factories import markov_folder
 
 from conrwkv.config import TrainConfig
-from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.model import RWKV6
 from conrwkv.train.lm_data import LMDataModule
 
@@ -19,10 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def markov_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "k1"
-    write_markov_dataset(out, MarkovDataParams(order=1, seq_len=33, n_train=203, n_val=21, seed=4),
-                         progress=False)
-    return out
+    return markov_folder(tmp_path_factory, order=1, seq_len=33, n_train=203, n_val=21, seed=4)
 
 
 def shard_indices(markov_dir, replicas, rank, epoch=0, split="train"):

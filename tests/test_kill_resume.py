@@ -9,11 +9,11 @@ hand: `python -m pytest -m slow tests/test_kill_resume.py`."""
 from __future__ import annotations
 
 import pytest
+from factories import markov_folder
 from kill_harness import compare, kill, random_kills, run_in_process, run_to_end
 from speech_fixtures import make_librispeech
 
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
-from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 
 # 400 chains of 33 symbols in batches of 16: 25 steps per epoch, so 60 steps cross two epoch
 # ends; the model is large enough (2 x 128) that a save takes long enough to be killed inside.
@@ -25,10 +25,7 @@ LM = ["--task", "lm", "--vocab_size", "2", "--n_layer", "2", "--n_embd", "128", 
 
 @pytest.fixture(scope="module")
 def markov(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "k1"
-    write_markov_dataset(out, MarkovDataParams(order=1, seq_len=33, n_train=400, n_val=16, seed=2),
-                         progress=False)
-    return out
+    return markov_folder(tmp_path_factory, order=1, seq_len=33, n_train=400, n_val=16, seed=2)
 
 
 @pytest.fixture(scope="module")

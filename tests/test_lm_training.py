@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import markov_folder
 
 from conrwkv.config import ModelConfig, TrainConfig
-from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.model import RWKV6
 from conrwkv.train.checkpoint import resume_checkpoints
 from conrwkv.train.lm_module import LMModule
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def markov_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "k1"
-    write_markov_dataset(out, MarkovDataParams(order=1, seq_len=65, n_train=600, n_val=64, seed=1),
-                         progress=False)
-    return out
+    return markov_folder(tmp_path_factory, order=1, seq_len=65, n_train=600, n_val=64, seed=1)
 
 
 def configs(markov_dir, proj_dir, **train):

@@ -12,10 +12,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from factories import markov_folder
 
 from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.binidx import MAGIC
-from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.data.resumable import ResumableLoader, ShardedBatchSampler
 from conrwkv.io import safe_torch_load
 from conrwkv.train.lm_module import LMModule
@@ -25,11 +25,8 @@ from conrwkv.train.run_lm import train_lm
 
 @pytest.fixture(scope="module")
 def markov(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "k1"
     # 96 chains in batches of 16: 6 steps an epoch.
-    write_markov_dataset(out, MarkovDataParams(order=1, seq_len=33, n_train=96, n_val=16, seed=5),
-                         progress=False)
-    return out
+    return markov_folder(tmp_path_factory, order=1, seq_len=33, n_train=96, n_val=16, seed=5)
 
 
 def configs(markov, proj, **train):
