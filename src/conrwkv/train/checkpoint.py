@@ -28,6 +28,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DeepSpeedStrategy  # importable without deepspeed
 
 from ..io import atomic_json_save, atomic_torch_save, check_finite
 
@@ -108,10 +109,6 @@ def set_aside_if_damaged(path: Path) -> None:
         os.replace(path, path.with_name(f"{path.name}.damaged"))
 
 
-def is_deepspeed(trainer: L.Trainer) -> bool:
-    return type(trainer.strategy).__name__ == "DeepSpeedStrategy"
-
-
 class StepCheckpoint(L.Callback):
     """Save weights + a resumable checkpoint every `every` steps (0: none) and at the end.
 
@@ -171,7 +168,7 @@ class StepCheckpoint(L.Callback):
             set_aside_if_damaged(resume)
         trainer.strategy.barrier()
         if not resume.exists():
-            if is_deepspeed(trainer):
+            if isinstance(trainer.strategy, DeepSpeedStrategy):
                 # DeepSpeed writes a folder of shards from every rank: stage it beside its name.
                 staging = resume.with_name(f".{resume.name}.tmp")
                 trainer.save_checkpoint(staging, weights_only=False)    # a collective
