@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("conrwkv").addHandler(handler)
+    logging.getLogger("conrwkv").handlers[:] = [handler]    # one handler, however often main() runs
     logging.getLogger("conrwkv").setLevel(logging.INFO)
     try:
         if args.task == "lm":

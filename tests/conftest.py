@@ -1,3 +1,4 @@
+import logging
 import sys
 from pathlib import Path
 
@@ -19,3 +20,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """A command's main() run in-process (dataset2.py, train.py) points logging at the stderr of
+    that test, which pytest closes afterwards: later tests' log records would fail on it."""
+    loggers = [logging.getLogger(), logging.getLogger("conrwkv")]
+    saved = [(logger, list(logger.handlers), logger.level) for logger in loggers]
+    yield
+    for logger, handlers, level in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)

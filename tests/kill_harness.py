@@ -4,7 +4,6 @@ variant (many kills at random moments, run by hand: `python -m pytest -m slow`).
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import re
@@ -46,14 +45,11 @@ def run_in_process(args: list[str], proj_dir: Path) -> None:
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     threads = torch.get_num_threads()
-    logger = logging.getLogger("conrwkv")
-    handlers, level = list(logger.handlers), logger.level
     torch.set_num_threads(1)
     try:
         assert cli.main([*args, "--proj_dir", str(proj_dir)]) == 0
     finally:
         torch.set_num_threads(threads)
-        logger.handlers[:], logger.level = handlers, level          # main() adds a handler
 
 
 def temporaries(proj_dir: Path) -> list[Path]:

@@ -142,7 +142,7 @@ def test_complete_corpus_is_reused_without_the_tools(monkeypatch, tmp_path, caps
     assert err.splitlines()[-1] == ("dataset2.py: error: synth needs the Debian packages espeak-ng, flite, "
                                     "wordnet-base, which are not installed: "
                                     "apt-get install espeak-ng flite wordnet-base")
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("damage", ["incomplete", "no transcript", "transcript of other ids"])
