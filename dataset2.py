@@ -1,6 +1,6 @@
 """Speech data command line for RWKV-ASR: a synthetic LibriSpeech-format corpus for offline runs,
 its compact Opus pack for carrying to another machine, English LM text from the same source,
-and JSONL manifests from any supported speech source. The logic lives in conrwkv.data.synth,
+and JSONL manifests from any supported speech source. The logic lives in conrwkv.data.offline.synth,
 corpus_pack, wordnet_text and speech; this file only reads flags.
 
     python dataset2.py synth --out data/synth --train 200 --dev 40 --test_clean 40 --test_other 40
@@ -17,16 +17,16 @@ import logging
 import math
 import sys
 
-from conrwkv.data.corpus_pack import pack_corpus, unpack_corpus
-from conrwkv.data.speech import load_corpus, write_manifest
-from conrwkv.data.synth import (
+from conrwkv.data.offline.corpus_pack import pack_corpus, unpack_corpus
+from conrwkv.data.offline.synth import (
     DEFAULT_HELDOUT_VOICES,
     DEFAULT_SPEEDS,
     DEFAULT_VOICES,
     SynthConfig,
     synthesize_corpus,
 )
-from conrwkv.data.wordnet_text import corpus_transcripts, write_wordnet_lm_data
+from conrwkv.data.offline.wordnet_text import corpus_transcripts, write_wordnet_lm_data
+from conrwkv.data.speech import load_corpus, write_manifest
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import logging
 import sys
 
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
-from conrwkv.train.cli import add_dataclass_flags, take
+from conrwkv.train.flags import add_dataclass_flags, take
 
 OPS = {"lm": ("train", "eval"), "asr": ("train", "eval", "predict", "merge")}
 
@@ -70,11 +70,11 @@ def main(argv=None) -> int:
     logging.getLogger("conrwkv").setLevel(logging.INFO)
     try:
         if args.task == "lm":
-            from conrwkv.train import run_lm
+            from conrwkv.lm import run as run_lm
 
             getattr(run_lm, f"{args.op}_lm")(model_cfg, model_given, train_cfg)
         else:
-            from conrwkv.train import run_asr
+            from conrwkv.asr import run as run_asr
 
             getattr(run_asr, f"{args.op}_asr")(model_cfg, model_given, train_cfg, asr_cfg)
     except (ValueError, OSError) as err:

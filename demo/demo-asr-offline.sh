@@ -141,7 +141,7 @@ stage_slam() {
     slam_run state
     slam_run state-conv --conv_kernel "$CONV_KERNEL"
   fi
-  tee_to "$RUN_DIR/ablation.md" python -m conrwkv.eval.asr_ablation \
+  tee_to "$RUN_DIR/ablation.md" python -m conrwkv.asr.ablation \
     --run "projector only=$RUN_DIR/slam-projector" \
     --run "projector + state=$RUN_DIR/slam-state" \
     --run "projector + state + conv (k=$CONV_KERNEL)=$RUN_DIR/slam-state-conv" \

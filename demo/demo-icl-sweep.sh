@@ -9,7 +9,7 @@
 # Resumable: finished runs are not repeated.
 # Output: $OUT/sweep.md (table), $OUT/sweep.png (heatmap), $OUT/sweep.json, $OUT/runs/*.
 #
-# Usage:  sh demo/demo-icl-sweep.sh [extra flags of python -m conrwkv.train.icl_sweep]
+# Usage:  sh demo/demo-icl-sweep.sh [extra flags of python -m conrwkv.lm.sweep]
 set -eu
 
 ORDERS="1 2 3 4"
@@ -24,6 +24,6 @@ PARALLEL=12               # runs on the GPU at the same time (small models leave
 OUT=output/icl-sweep
 
 # shellcheck disable=SC2086  # the grids are meant to split into words
-python -m conrwkv.train.icl_sweep --orders $ORDERS --kernels $KERNELS --depths $DEPTHS \
+python -m conrwkv.lm.sweep --orders $ORDERS --kernels $KERNELS --depths $DEPTHS \
   --steps "$STEPS" --micro-bsz "$MICRO_BSZ" --n-embd "$N_EMBD" --seq-len "$SEQ_LEN" \
   --n-train "$N_TRAIN" --parallel "$PARALLEL" --out "$OUT" "$@"

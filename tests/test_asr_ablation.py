@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conrwkv.eval.asr_ablation import format_table, main, run_row
+from conrwkv.asr.ablation import format_table, main, run_row
 from conrwkv.eval.wer import score_all, split_summary
 from conrwkv.io import atomic_json_save
 from conrwkv.train.checkpoint import weights_path

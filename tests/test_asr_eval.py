@@ -12,10 +12,10 @@ import pytest
 from asr_factories import one_torch_thread
 from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, write_tone
 
+from conrwkv.asr import run as run_asr
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
 from conrwkv.io import atomic_torch_save
-from conrwkv.train import run_asr
 from conrwkv.train.checkpoint import weights_path
 
 N = len(LIBRISPEECH_UTTERANCES)
@@ -157,7 +157,7 @@ def test_predict_stops_at_a_bad_file_unless_asked_to_skip_it(run, tmp_path, caps
         run_asr.predict_asr(ModelConfig(), {}, train_cfg, asr)
     asr.skip_bad_audio = True
     capsys.readouterr()
-    with caplog.at_level(logging.WARNING, logger="conrwkv.train.run_asr"):
+    with caplog.at_level(logging.WARNING, logger="conrwkv.asr.run"):
         result = run_asr.predict_asr(ModelConfig(), {}, train_cfg, asr)
     assert sorted(result["texts"]) == [str(folder / "a.flac"), str(folder / "c.wav")]
     assert result["skipped"] == [str(folder / "b.flac")]

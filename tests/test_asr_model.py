@@ -140,9 +140,9 @@ def test_exactly_the_intended_parameters_train(model_dir, conv, projector, encod
 @pytest.mark.parametrize("train_state,conv", [(False, False), (False, True), (True, False)],
                          ids=["projector-only", "projector+conv", "state"])
 def test_train_state_flag_decides_whether_time_state_trains(model_dir, train_state, conv):
+    from conrwkv.asr.module import AsrModule
     from conrwkv.config import TrainConfig
     from conrwkv.data.tokenizer import WorldTokenizer
-    from conrwkv.train.asr_module import AsrModule
 
     model = tiny_speech_rwkv(model_dir, conv_kernel=4 if conv else 0, train_state=train_state)
     assert model.train_state is train_state
@@ -171,7 +171,7 @@ def test_train_state_flag_decides_whether_time_state_trains(model_dir, train_sta
 def test_train_state_weights_and_flag(model_dir):
     import argparse
 
-    from conrwkv.train.cli import add_dataclass_flags, take
+    from conrwkv.train.flags import add_dataclass_flags, take
 
     parser = argparse.ArgumentParser()
     add_dataclass_flags(parser, AsrConfig, "asr")

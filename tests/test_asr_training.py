@@ -11,11 +11,11 @@ import pytest
 import torch
 from speech_fixtures import make_librispeech
 
+from conrwkv.asr import run as run_asr
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
 from conrwkv.io import safe_torch_load
 from conrwkv.model import RWKV6
-from conrwkv.train import run_asr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,8 @@ def configs(setup, proj, **train):
 
 
 def val_loss(setup, weights, asr, conv=0):
+    from conrwkv.asr.data import speech_dataset
     from conrwkv.data.tokenizer import WorldTokenizer
-    from conrwkv.train.asr_data import speech_dataset
 
     model_given = {"conv_kernel": conv} if conv else {}
     _, train_cfg, _ = configs(setup, "unused")

@@ -9,9 +9,7 @@ import shutil
 import pytest
 from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, write_tone
 
-from conrwkv.config import AsrConfig
-from conrwkv.data.speech import CorpusCounts, corpus_splits, load_corpus, load_corpus_with_counts
-from conrwkv.train.asr_data import (
+from conrwkv.asr.data import (
     CorpusSpec,
     corpus_names,
     eval_dataset,
@@ -19,6 +17,8 @@ from conrwkv.train.asr_data import (
     parse_corpus,
     speech_dataset,
 )
+from conrwkv.config import AsrConfig
+from conrwkv.data.speech import CorpusCounts, corpus_splits, load_corpus, load_corpus_with_counts
 
 N = len(LIBRISPEECH_UTTERANCES)
 

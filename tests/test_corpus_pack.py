@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from speech_fixtures import LIBRISPEECH_UTTERANCES, dataset2_cli, make_librispeech, utt_id, write_tone
 
-from conrwkv.data.corpus_pack import pack_corpus, unpack_corpus
+from conrwkv.data.offline.corpus_pack import pack_corpus, unpack_corpus
 from conrwkv.data.speech import load_corpus
 
 SPLITS = ("train", "test-clean")

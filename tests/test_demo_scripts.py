@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_PYTHON = """#!/bin/sh
 case " $* " in
   *" train.py "*) exit 0 ;;
-  *" conrwkv.eval.asr_ablation "*) echo "| configuration | test-clean WER |"; exit "$ABLATION_STATUS" ;;
+  *" conrwkv.asr.ablation "*) echo "| configuration | test-clean WER |"; exit "$ABLATION_STATUS" ;;
 esac
 echo "unexpected python call: $*" >&2; exit 99
 """

@@ -11,8 +11,8 @@ import pytest
 from factories import markov_folder
 
 from conrwkv.config import TrainConfig
+from conrwkv.lm.data import LMDataModule
 from conrwkv.model import RWKV6
-from conrwkv.train.lm_data import LMDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

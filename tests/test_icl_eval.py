@@ -10,9 +10,9 @@ from factories import randomize_, tiny_config
 from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.eval.fresh_names import new_files, new_folder
-from conrwkv.eval.icl import evaluate_and_plot
+from conrwkv.lm.icl_eval import evaluate_and_plot
+from conrwkv.lm.run import eval_lm
 from conrwkv.model import RWKV6
-from conrwkv.train.run_lm import eval_lm
 
 SEQ_LEN = 17                       # 16 predictions per chain
 

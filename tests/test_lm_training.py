@@ -11,10 +11,10 @@ import torch
 from factories import markov_folder
 
 from conrwkv.config import ModelConfig, TrainConfig
+from conrwkv.lm.module import LMModule
+from conrwkv.lm.run import eval_lm, train_lm
 from conrwkv.model import RWKV6
 from conrwkv.train.checkpoint import resume_checkpoints
-from conrwkv.train.lm_module import LMModule
-from conrwkv.train.run_lm import eval_lm, train_lm
 from conrwkv.train.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_vocab_too_small_for_the_data_is_refused(markov_dir, tmp_path):
 
 
 def test_icl_sweep_runs_a_tiny_grid_and_resumes(tmp_path):
-    from conrwkv.train import icl_sweep
+    from conrwkv.lm import sweep as icl_sweep
 
     args = ["--orders", "1", "--kernels", "0", "2", "--depths", "1", "--steps", "4",
             "--n-train", "64", "--n-val", "16", "--seq-len", "33", "--n-embd", "32",

@@ -18,9 +18,9 @@ from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.binidx import MAGIC
 from conrwkv.data.resumable import ResumableLoader, ShardedBatchSampler
 from conrwkv.io import safe_torch_load
-from conrwkv.train.lm_module import LMModule
+from conrwkv.lm.module import LMModule
+from conrwkv.lm.run import train_lm
 from conrwkv.train.resume import ProjDirLock
-from conrwkv.train.run_lm import train_lm
 
 
 @pytest.fixture(scope="module")

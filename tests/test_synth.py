@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from speech_fixtures import dataset2_cli, write_tone
 
-from conrwkv.data import synth
+from conrwkv.data.offline import synth
+from conrwkv.data.offline.synth import SynthConfig, Voice, plan_corpus, speakable_sentence, synthesize_corpus
 from conrwkv.data.speech import load_audio, load_corpus
-from conrwkv.data.synth import SynthConfig, Voice, plan_corpus, speakable_sentence, synthesize_corpus
 
 HAVE_TOOLS = bool(shutil.which("espeak-ng") and shutil.which("flite")
                   and all((synth.WORDNET_DIR / f).is_file() for f in synth.WORDNET_FILES))

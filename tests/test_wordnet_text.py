@@ -12,9 +12,14 @@ import pytest
 from speech_fixtures import dataset2_cli, make_librispeech
 
 from conrwkv.data.binidx import BinidxReader
-from conrwkv.data.synth import WORDNET_FILES
+from conrwkv.data.offline.synth import WORDNET_FILES
+from conrwkv.data.offline.wordnet_text import (
+    corpus_transcripts,
+    normalize_text,
+    wordnet_texts,
+    write_wordnet_lm_data,
+)
 from conrwkv.data.tokenizer import WorldTokenizer
-from conrwkv.data.wordnet_text import corpus_transcripts, normalize_text, wordnet_texts, write_wordnet_lm_data
 
 # Lines in the format of WordNet 3.0's data.* files: the licence header (lines starting with two
 # spaces, which may hold " | " and quotes too), then `offset ... | gloss; "example"; ...`.

@@ -1,2 +1,2 @@
-"""Evaluation: corpus word error rate for speech recognition (wer) and in-context-learning losses
-against the Bayes-optimal estimator (icl)."""
+"""Evaluation shared by the experiments: corpus word error rate under two normalisers (wer) and
+output names that no earlier evaluation used (fresh_names)."""

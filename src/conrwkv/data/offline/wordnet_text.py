@@ -31,10 +31,10 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..io import text_lines
-from .binidx import write_binidx
+from ...io import text_lines
+from ..binidx import write_binidx
+from ..tokenizer import WorldTokenizer
 from .synth import WORDNET_DIR, wordnet_glosses
-from .tokenizer import WorldTokenizer
 
 log = logging.getLogger(__name__)
 

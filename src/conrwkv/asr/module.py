@@ -10,9 +10,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from ..asr import SpeechRWKV
 from ..config import AsrConfig, TrainConfig
-from .optim import build_optimizer
+from ..train.optim import build_optimizer
+from .speech_rwkv import SpeechRWKV
 
 
 class AsrModule(L.LightningModule):

@@ -1,29 +1,21 @@
-"""Speech corpora for RWKV-ASR (the SLAM-ASR recipe, SPEC.md section 6): one list of utterances
-from three on-disk forms, 16 kHz mono audio, and length-bucketed batches for distributed training.
+"""Speech corpora for RWKV-ASR (the SLAM-ASR recipe): one list of utterances from three on-disk
+forms, with their audio checked (header only) and durations filled in.
 
 Forms read by `load_corpus`:
-- LibriSpeech in its original layout (SPEC.md section 6):
+- LibriSpeech in its original layout (docs/reference.md, "LibriSpeech"):
   `<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` beside
   `<speaker>-<chapter>.trans.txt` with lines `<utt-id> UPPERCASE TRANSCRIPT`;
 - a HuggingFace dataset written with `datasets`' `save_to_disk` (a Dataset or a DatasetDict).
-  Its audio column is read with `Audio(decode=False)` and decoded here with soundfile, because
-  `Audio()` decoding needs torchcodec; the audio stays in the memory-mapped Arrow files and is
-  read row by row when needed;
+  Its audio column is read with `Audio(decode=False)` and decoded with soundfile (audio.py),
+  because `Audio()` decoding needs torchcodec; the audio stays in the memory-mapped Arrow files
+  and is read row by row when needed;
 - JSONL manifests, one `{"audio": path, "text": ..., "duration": ...}` per line (optional "id");
   relative audio paths are resolved against the manifest's folder.
-
-Audio comes back as float32 numpy at 16 kHz, multi-channel files averaged to mono, other rates
-resampled with scipy.signal.resample_poly (a polyphase FIR filter, no torchaudio). A missing,
-empty or undecodable file raises AudioError naming the file and the problem; with
-skip_bad_audio it is skipped instead, and every skip is logged with the file and a count.
-
-The batch format the model side consumes is `collate_speech`'s dict(ids=list[str],
-audio=list[np.ndarray], texts=list[str], skipped=int); the speech encoder's feature extractor pads.
+A bad audio file raises AudioError, or with skip_bad_audio is left out and counted in the log.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -31,28 +23,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from math import gcd
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import torch
-from scipy.signal import resample_poly
+from conrwkv.io import read_json, text_lines
 
-from conrwkv.io import atomic_write_bytes, read_json, text_lines
-
-from .resumable import ResumableBatchSampler
+from .audio import AUDIO_SUFFIXES, AudioError, AudioSource, audio_duration, checked_source
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 TEXT_COLUMNS = ("text", "sentence", "transcript")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".ndjson")
-AUDIO_SUFFIXES = (".flac", ".wav")
-
-
-class AudioError(ValueError):
-    """An audio file that cannot be used: missing, empty, or not decodable."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +56,6 @@ class ArrowAudio:
         return _audio_from_record(record, Path(self.dataset_path), self.name)
 
 
-AudioSource = str | bytes | ArrowAudio
-
-
 @dataclass(frozen=True)
 class Utterance:
     """One transcribed recording. `audio` is a file path, encoded bytes (FLAC, WAV, ...), or a
@@ -98,72 +75,6 @@ class Utterance:
         if isinstance(self.audio, ArrowAudio):
             return self.audio.name
         return self.origin or f"<bytes of utterance {self.id}>"
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio
-
-
-def _read_source(audio: AudioSource, name: str) -> tuple[io.BytesIO | str, str]:
-    """Check that the audio exists and is not empty; return something soundfile opens."""
-    if isinstance(audio, ArrowAudio):
-        audio = audio.read()
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        if len(audio) == 0:
-            raise AudioError(f"audio {name} is empty (0 bytes)")
-        return io.BytesIO(bytes(audio)), name
-    path = Path(audio)
-    if not path.is_file():
-        raise AudioError(f"audio file {path} is missing")
-    if path.stat().st_size == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes)")
-    return str(path), str(path)
-
-
-def audio_duration(audio: AudioSource, name: str | None = None) -> float:
-    """Duration in seconds from the file header (soundfile.info), without decoding samples."""
-    source, name = _read_source(audio, name or _default_name(audio))
-    try:
-        info = sf.info(source)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"audio {name} cannot be read as audio: {err}") from err
-    if info.frames <= 0 or info.samplerate <= 0:
-        raise AudioError(f"audio {name} contains no samples")
-    return info.frames / info.samplerate
-
-
-def load_audio(audio: AudioSource, name: str | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode to a 1-D float32 array at `sample_rate`: channels averaged, other rates resampled."""
-    source, name = _read_source(audio, name or _default_name(audio))
-    try:
-        samples, rate = sf.read(source, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"audio {name} cannot be decoded: {err}") from err
-    if samples.shape[0] == 0:
-        raise AudioError(f"audio {name} contains no samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"audio {name} contains NaN or infinite samples (corrupt float data)")
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    return resample(mono, rate, sample_rate)
-
-
-def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Polyphase resampling by the reduced ratio target/rate; output length ceil(n * target / rate)."""
-    if rate == target_rate:
-        return np.ascontiguousarray(samples, dtype=np.float32)
-    common = gcd(int(rate), int(target_rate))
-    out = resample_poly(samples.astype(np.float64), target_rate // common, int(rate) // common)
-    return out.astype(np.float32)
-
-
-def _default_name(audio: AudioSource) -> str:
-    if isinstance(audio, ArrowAudio):
-        return audio.name
-    return "<audio bytes>" if isinstance(audio, (bytes, bytearray, memoryview)) else str(audio)
-
-
-# ---------------------------------------------------------------------------------------------
-# Corpus forms
 
 
 def load_librispeech(path: str | os.PathLike, split: str | None = None) -> list[Utterance]:
@@ -430,7 +341,7 @@ def check_audio(utterances: Sequence[Utterance], skip_bad_audio: bool = False) -
             if utt.duration is None:
                 utt = replace(utt, duration=audio_duration(utt.audio, utt.audio_name))
             elif isinstance(utt.audio, str):
-                _read_source(utt.audio, utt.audio_name)
+                checked_source(utt.audio, utt.audio_name)
         except AudioError as err:
             if not skip_bad_audio:
                 raise
@@ -465,160 +376,3 @@ def _check_unique_ids(utterances: Sequence[Utterance], where: str) -> None:
             raise ValueError(f"{where}: utterance id {utt.id!r} appears twice "
                              f"({seen[utt.id].audio_name} and {utt.audio_name})")
         seen[utt.id] = utt
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifests
-
-
-def write_manifest(utterances: Sequence[Utterance], path: str | os.PathLike) -> Path:
-    """Write a JSONL manifest (id, audio, text, duration). Audio paths under the manifest's folder
-    are stored relative to it, others absolute. Audio held as bytes (HF datasets) is written,
-    as stored, to `<manifest stem>_audio/<id>.<format>` beside the manifest."""
-    path = Path(path).resolve()
-    audio_dir = path.parent / f"{path.stem}_audio"
-    lines = []
-    for utt in utterances:
-        if utt.duration is None:
-            raise ValueError(f"utterance {utt.id} has no duration; run check_audio first")
-        audio = utt.audio.read() if isinstance(utt.audio, ArrowAudio) else utt.audio
-        if isinstance(audio, str):
-            audio_path = Path(audio).resolve()
-        else:
-            audio_path = _export_audio_bytes(audio, audio_dir, utt)
-        stored = (audio_path.relative_to(path.parent) if audio_path.is_relative_to(path.parent)
-                  else audio_path)
-        lines.append(json.dumps({"id": utt.id, "audio": str(stored), "text": utt.text,
-                                 "duration": round(utt.duration, 4)}, ensure_ascii=False))
-    text = "".join(line + "\n" for line in lines)
-    return atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _export_audio_bytes(data: bytes, folder: Path, utt: Utterance) -> Path:
-    try:
-        file_format = sf.info(io.BytesIO(data)).format
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"audio {utt.audio_name} cannot be read as audio: {err}") from err
-    target = folder / f"{utt.id}.{file_format.lower()}"
-    atomic_write_bytes(target, lambda f: f.write(data))
-    return target
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset, collate, batches
-
-
-class SpeechDataset(torch.utils.data.Dataset):
-    """Item i: dict(id=str, audio=float32 1-D numpy at sample_rate, text=str). With
-    skip_bad_audio, an undecodable file gives None (dropped by collate_speech) and is logged
-    with a running count of this process's skips."""
-
-    def __init__(self, utterances: Sequence[Utterance], sample_rate: int = SAMPLE_RATE,
-                 skip_bad_audio: bool = False):
-        self.utterances = list(utterances)
-        self.sample_rate = sample_rate
-        self.skip_bad_audio = skip_bad_audio
-        self.skipped = 0
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def __getitem__(self, index: int) -> dict | None:
-        utt = self.utterances[index]
-        try:
-            audio = load_audio(utt.audio, utt.audio_name, self.sample_rate)
-        except AudioError as err:
-            if not self.skip_bad_audio:
-                raise
-            self.skipped += 1
-            log.warning("skipping utterance %s (bad audio %d so far in this process): %s",
-                        utt.id, self.skipped, err)
-            return None
-        return {"id": utt.id, "audio": audio, "text": utt.text}
-
-    def durations(self) -> list[float]:
-        return [u.duration for u in self.utterances]
-
-
-def collate_speech(items: Sequence[dict | None]) -> dict:
-    """dict(ids=list[str], audio=list[np.ndarray], texts=list[str], skipped=int); unpadded, the
-    Nones of skipped bad files dropped and counted (a batch whose every file was bad comes back
-    with empty lists). The count travels with the batch because worker processes hold their
-    own copies of the dataset and its counters."""
-    kept = [item for item in items if item is not None]
-    return {"ids": [item["id"] for item in kept],
-            "audio": [item["audio"] for item in kept],
-            "texts": [item["text"] for item in kept],
-            "skipped": len(items) - len(kept)}
-
-
-class LengthBucketBatchSampler(ResumableBatchSampler):
-    """Batches of indices of similar duration, sharded over distributed ranks.
-
-    Training (shuffle=True): each epoch, a permutation seeded by (seed, epoch) is cut into
-    buckets of `bucket_batches` batches; each bucket is sorted by duration and cut into batches,
-    and the batch order is shuffled. Evaluation (shuffle=False): all utterances sorted longest
-    first (ties by index), so the result is the same on every call.
-
-    Sharding: the number of batches is made a multiple of num_replicas by using the fewest
-    batches of at most batch_size that allow it, with sizes that differ by at most one; rank r
-    takes batches r, r + R, r + 2R, ... So the ranks' batches are disjoint, every rank gets the
-    same number, and together they cover every utterance once: nothing is dropped or repeated.
-    The one exception is batch_size 1 with a data set size not divisible by num_replicas, where
-    no such split exists: the last (size mod num_replicas) utterances of the order are left out
-    of that epoch, with a warning.
-    """
-
-    def __init__(self, durations: Sequence[float], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, bucket_batches: int = 50):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in 0..num_replicas-1 (num_replicas {num_replicas})")
-        if len(durations) < num_replicas:
-            raise ValueError(f"{len(durations)} utterances cannot be shared by {num_replicas} ranks")
-        if bucket_batches < 1:
-            raise ValueError(f"bucket_batches must be >= 1, got {bucket_batches}")
-        super().__init__()
-        self.durations = np.asarray(durations, dtype=np.float64)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.bucket_batches = bucket_batches
-        self.batch_sizes = self._batch_sizes()
-        used = sum(self.batch_sizes)
-        if used < len(self.durations):
-            log.warning("batch_size 1 over %d ranks: %d of %d utterances are left out each epoch",
-                        num_replicas, len(self.durations) - used, len(self.durations))
-
-    def _batch_sizes(self) -> list[int]:
-        n, replicas = len(self.durations), self.num_replicas
-        num_batches = replicas * math.ceil(n / (self.batch_size * replicas))
-        if num_batches > n:
-            # Only batch_size 1: one utterance per batch, as many as divide evenly.
-            return [1] * (n // replicas * replicas)
-        base, extra = divmod(n, num_batches)
-        return [base + 1] * extra + [base] * (num_batches - extra)
-
-    def __len__(self) -> int:
-        return len(self.batch_sizes) // self.num_replicas
-
-    def _all_batches(self, epoch: int) -> list[np.ndarray]:
-        if not self.shuffle:
-            order = np.lexsort((np.arange(len(self.durations)), -self.durations))
-            return np.split(order[: sum(self.batch_sizes)], np.cumsum(self.batch_sizes)[:-1])
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.durations))
-        batches, start = [], 0
-        for first in range(0, len(self.batch_sizes), self.bucket_batches):
-            sizes = self.batch_sizes[first:first + self.bucket_batches]
-            bucket = order[start:start + sum(sizes)]
-            start += sum(sizes)
-            bucket = bucket[np.argsort(self.durations[bucket], kind="stable")]
-            batches.extend(np.split(bucket, np.cumsum(sizes)[:-1]))
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        return [batch.tolist() for batch in self._all_batches(epoch)[self.rank::self.num_replicas]]

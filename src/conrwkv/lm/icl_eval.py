@@ -21,8 +21,8 @@ import torch
 from ..data.binidx import BinidxReader
 from ..data.markov import META_KEYS
 from ..data.sampling import DocumentDataset
+from ..eval.fresh_names import new_files
 from ..io import atomic_json_save, atomic_write_bytes, read_json
-from .fresh_names import new_files
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """One table from several `train.py --task asr` runs: corpus WER per split of each run's latest
 trained weights, with the steps, training time and decoding time that produced it.
 
-    python -m conrwkv.eval.asr_ablation --run "projector=output/p" --run "+ state=output/s" \\
+    python -m conrwkv.asr.ablation --run "projector=output/p" --run "+ state=output/s" \\
         --json output/ablation.json
 
 Each run folder must hold `asr-step<N>.pth` with its `.json` sidecar (written by training) and

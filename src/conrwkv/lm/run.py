@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
-from ..eval.icl import evaluate_and_plot
 from ..model import RWKV6
-from .checkpoint import latest_weights
-from .lm_data import LMDataModule, resolve_lm_data
-from .lm_module import LMModule
-from .trainer import eval_device, fit, resolve_max_steps
+from ..train.checkpoint import latest_weights
+from ..train.trainer import eval_device, fit, resolve_max_steps
+from .data import LMDataModule, resolve_lm_data
+from .icl_eval import evaluate_and_plot
+from .module import LMModule
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "rwkv"

@@ -5,7 +5,7 @@ The claim under test (SPEC.md section 7): a causal convolution of kernel >= k + 
 reach the Bayes-optimal level; smaller kernels plateau near a lower-order estimator. Token
 shift is already a width-2 convolution and depth widens the view, so depth is part of the grid.
 
-    python -m conrwkv.train.icl_sweep --orders 1 2 3 4 --kernels 0 2 3 4 5 6 --depths 1 2 \\
+    python -m conrwkv.lm.sweep --orders 1 2 3 4 --kernels 0 2 3 4 5 6 --depths 1 2 \\
         --steps 2000 --parallel 8 --out output/icl-sweep
 
 Runs go to <out>/runs/k<k>-conv<K>-L<d> as separate train.py processes, several at once (small

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..asr import SpeechRWKV
-from ..asr.decode import decode
 from ..config import AsrConfig, ModelConfig, TrainConfig
 from ..data.speech import SAMPLE_RATE, AudioError, CorpusCounts, load_audio
 from ..data.tokenizer import WorldTokenizer
@@ -28,10 +26,12 @@ from ..eval.fresh_names import new_folder
 from ..eval.wer import format_wer_table, split_summary, write_split_results
 from ..io import atomic_json_save, safe_torch_load
 from ..model import StepperCache
-from .asr_data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader
-from .asr_module import AsrModule
-from .checkpoint import latest_weights
-from .trainer import eval_device, fit, resolve_accelerator, resolve_max_steps, resolve_precision
+from ..train.checkpoint import latest_weights
+from ..train.trainer import eval_device, fit, resolve_accelerator, resolve_max_steps, resolve_precision
+from .data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader
+from .decode import decode
+from .module import AsrModule
+from .speech_rwkv import SpeechRWKV
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..config import ModelConfig, TrainConfig
 from ..model import RWKV6
-from .optim import build_optimizer
+from ..train.optim import build_optimizer
 
 
 def masked_token_losses(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
