@@ -4,6 +4,7 @@ come before the model is loaded; predict skips bad audio only when asked, and sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -41,7 +42,11 @@ def run(models, tmp_path):
                             accelerator="cpu", devices="1")
     asr = AsrConfig(encoder=models["encoder"], projector_hidden=32, max_tokens_per_second=2.0)
     speech = run_asr.build_speech_model({}, train_cfg, asr)
-    atomic_torch_save(speech.trainable_state_dict(), weights_path(train_cfg.proj_dir, "asr", 3))
+    weights = weights_path(train_cfg.proj_dir, "asr", 3)
+    atomic_torch_save(speech.trainable_state_dict(), weights)
+    record = {"model": dataclasses.asdict(speech.llm.config), "train": dataclasses.asdict(train_cfg),
+              "asr": dataclasses.asdict(asr)}
+    weights.with_suffix(".json").write_text(json.dumps(record))     # what training writes beside them
     return train_cfg, asr
 
 

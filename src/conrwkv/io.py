@@ -73,9 +73,10 @@ _FINITE_CHUNK = 1 << 24     # elements checked at a time: bounds the temporary m
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    mmap: bool = False) -> dict[str, torch.Tensor]:
+                    mmap: bool = False, finite: bool = True) -> dict[str, torch.Tensor]:
     """Load a flat {name: tensor} checkpoint of finite values; refuse anything else with a
-    ValueError naming the file (FileNotFoundError when there is none)."""
+    ValueError naming the file (FileNotFoundError when there is none). `finite=False` skips
+    the pass over every value, for a caller that reads only names and shapes."""
     import torch
 
     path = Path(path)
@@ -108,7 +109,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"checkpoint {path} is not a flat dict of tensors "
                          f"(found {type(obj).__name__})")
-    check_finite(obj, str(path))
+    if finite:
+        check_finite(obj, str(path))
     return obj
 
 

@@ -3,7 +3,11 @@ export of the state-tuned LLM as one official .pth (merge).
 
 The frozen parts come from --load_model (the RWKV World .pth) and --encoder (a local HuggingFace
 folder); the trained parts live in proj_dir as asr-step<N>.pth and are found again by eval,
-predict and merge (or named with --asr_weights). Nothing is written over an earlier output:
+predict and merge (or named with --asr_weights). Those three rebuild the model as it was trained,
+from the record beside the weights (asr-step<N>.json): the projector, the conv, the frozen
+files' paths (unless --load_model / --encoder name them anew); they take only the flags of how
+to decode and where to run, so a trained model cannot be loaded with mismatched settings.
+Nothing is written over an earlier output:
 each eval gets its own folder eval-<weights>-beam<B>-tps<T>[-N], and merge refuses an
 existing --merge_out.
 """
@@ -20,14 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import AsrConfig, ModelConfig, TrainConfig
-from ..data.speech import SAMPLE_RATE, AudioError, CorpusCounts, load_audio
+from ..data.speech import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, CorpusCounts, load_audio
 from ..data.tokenizer import WorldTokenizer
 from ..eval.fresh_names import new_folder
 from ..eval.wer import format_wer_table, split_summary, write_split_results
-from ..io import atomic_json_save, safe_torch_load
-from ..model import StepperCache
+from ..io import atomic_json_save, read_json, safe_torch_load
+from ..model import RWKV6, StepperCache
 from ..train.checkpoint import latest_weights
-from ..train.trainer import eval_device, fit, resolve_accelerator, resolve_max_steps, resolve_precision
+from ..train.hardware import Hardware
+from ..train.trainer import fit, resolve_max_steps
 from .data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader
 from .decode import decode
 from .module import AsrModule
@@ -36,29 +41,71 @@ from .speech_rwkv import SpeechRWKV
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "asr"
-AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus")
 # Options of the LLM that a speech run may set; its shape comes from the checkpoint.
 _LLM_OPTIONS = ("wkv_backend", "grad_cp")
+# The settings that decide which tensors were trained and what they mean: eval, predict and
+# merge take them from the weights' record, never from their own flags.
+TRAINED_AS = ("encoder_trainable", "projector", "downsample", "projector_hidden", "train_state",
+              "separator")
+
+
+def llm_config(model_given: dict, train_cfg: TrainConfig) -> ModelConfig:
+    """The LLM a speech run builds: read off --load_model, state tuning on, the options applied."""
+    if not train_cfg.load_model:
+        raise ValueError("--load_model is required: the RWKV World .pth to state-tune")
+    return RWKV6.config_from_checkpoint(train_cfg.load_model, state_tuning=True, **model_given)
+
+
+def _llm_plan(model_given: dict, train_cfg: TrainConfig) -> dict:
+    if train_cfg.load_model and not Path(train_cfg.load_model).is_file():
+        return {"from": train_cfg.load_model, "note": "not there yet: read when the run starts"}
+    return {"from": train_cfg.load_model, **dataclasses.asdict(llm_config(model_given, train_cfg))}
+
+
+def plan_train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
+                   asr_cfg: AsrConfig) -> dict:
+    """What train_asr will use, for --dry_run: the LLM read off --load_model with the options
+    applied, and the hardware resolved."""
+    return {"llm": _llm_plan(model_given, train_cfg),
+            "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
+
+
+def plan_trained_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
+                     asr_cfg: AsrConfig) -> dict:
+    """What eval, predict and merge will use, for --dry_run: the weights, the settings they were
+    trained with (from their record), the LLM, the hardware."""
+    try:
+        weights = trained_weights(train_cfg, asr_cfg)
+    except ValueError as err:
+        return {"weights": f"none yet ({err})", "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
+    model_given, train_cfg, asr_cfg = as_trained(weights, model_given, train_cfg, asr_cfg)
+    return {"weights": str(weights),
+            "trained_as": {"encoder": asr_cfg.encoder,
+                           **{name: getattr(asr_cfg, name) for name in TRAINED_AS}},
+            "llm": _llm_plan(model_given, train_cfg),
+            "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
 
 
 def build_speech_model(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
-                       device: str = "cpu") -> SpeechRWKV:
+                       hardware: Hardware | None = None, device: str = "cpu") -> SpeechRWKV:
+    """The speech model of these settings; the frozen LLM in the dtype of `hardware`'s precision
+    (default: resolved from train_cfg)."""
+    hardware = hardware or Hardware.of(train_cfg)
     if not train_cfg.load_model:
         raise ValueError("--load_model is required: the RWKV World .pth to state-tune")
     if not asr_cfg.encoder:
         raise ValueError("--encoder is required: a local HuggingFace speech-encoder folder")
-    precision = resolve_precision(train_cfg, resolve_accelerator(train_cfg))
-    llm_dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
     return SpeechRWKV.from_pretrained(
         train_cfg.load_model, asr_cfg, conv_kernel=model_given.get("conv_kernel", 0),
         n_layer=model_given.get("n_layer"), n_embd=model_given.get("n_embd"),
-        llm_dtype=llm_dtype, device=device,
+        llm_dtype=hardware.frozen_dtype, device=device,
         **{k: v for k, v in model_given.items() if k in _LLM_OPTIONS})
 
 
 def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
               asr_cfg: AsrConfig) -> dict:
-    if resolve_precision(train_cfg, resolve_accelerator(train_cfg)) == "bf16-true":
+    hardware = Hardware.of(train_cfg)
+    if hardware.precision == "bf16-true":
         raise ValueError("--precision bf16-true would cast the trained initial states and the "
                          "projector to bf16, too coarse for their updates; use bf16-mixed, which "
                          "holds the frozen LLM in bf16 and trains them in fp32")
@@ -66,15 +113,15 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     # fails in seconds, not after minutes of loading a 14B model.
     data = AsrDataModule(train_cfg, asr_cfg)
     data.setup("fit")
-    train_cfg = resolve_max_steps(train_cfg, data)
+    train_cfg = resolve_max_steps(train_cfg, data, hardware)
     torch.manual_seed(train_cfg.seed)
-    speech = build_speech_model(model_given, train_cfg, asr_cfg)
+    speech = build_speech_model(model_given, train_cfg, asr_cfg, hardware)
     if train_cfg.compile:
         speech.llm.compile_blocks()
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
     run_config = {"task": "asr", "model": dataclasses.asdict(speech.llm.config),
                   "train": dataclasses.asdict(train_cfg), "asr": dataclasses.asdict(asr_cfg)}
-    trainer = fit(module, data, train_cfg, WEIGHTS_NAME, run_config)
+    trainer = fit(module, data, train_cfg, hardware, WEIGHTS_NAME, run_config)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
@@ -87,11 +134,33 @@ def trained_weights(train_cfg: TrainConfig, asr_cfg: AsrConfig) -> Path:
     return Path(weights)
 
 
+def as_trained(weights: Path, model_given: dict, train_cfg: TrainConfig,
+               asr_cfg: AsrConfig) -> tuple[dict, TrainConfig, AsrConfig]:
+    """The settings that rebuild the model `weights` were trained as: TRAINED_AS, the conv and
+    the LLM's shape from the record beside them, the frozen files' paths from it unless given."""
+    record_path = weights.with_suffix(".json")
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path} is missing: training writes it beside {weights.name}, "
+                                f"and eval, predict and merge rebuild the model from it")
+    record = read_json(record_path, "training record", ("model", "train", "asr"))
+    trained_asr, trained_llm = record["asr"], record["model"]
+    asr_cfg = dataclasses.replace(asr_cfg, encoder=asr_cfg.encoder or trained_asr["encoder"],
+                                  **{name: trained_asr[name] for name in TRAINED_AS})
+    train_cfg = dataclasses.replace(train_cfg,
+                                    load_model=train_cfg.load_model or record["train"]["load_model"])
+    model_given = {**model_given,
+                   **{name: trained_llm[name] for name in ("conv_kernel", "n_layer", "n_embd")}}
+    return model_given, train_cfg, asr_cfg
+
+
 def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
                  weights: Path | None = None) -> tuple[SpeechRWKV, Path]:
-    """The speech model with the trained tensors of `weights` (default: trained_weights)."""
+    """The speech model as trained, with the trained tensors of `weights` (default:
+    trained_weights), on the evaluation device."""
     weights = weights or trained_weights(train_cfg, asr_cfg)
-    speech = build_speech_model(model_given, train_cfg, asr_cfg, device=eval_device(train_cfg))
+    hardware = Hardware.of(train_cfg)
+    model_given, train_cfg, asr_cfg = as_trained(weights, model_given, train_cfg, asr_cfg)
+    speech = build_speech_model(model_given, train_cfg, asr_cfg, hardware, device=hardware.device)
     speech.load_trainable_state_dict(safe_torch_load(weights), source=str(weights))
     return speech.eval(), weights
 
@@ -240,7 +309,7 @@ def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfi
     rtf = elapsed / seconds if seconds else float("nan")
     bad = f" ({len(skipped)} of {len(files)} skipped as bad audio)" if skipped else ""
     print(f"{len(texts)} files transcribed{bad}, {seconds:.1f} s of audio in {elapsed:.2f} s: real-time "
-          f"factor {rtf:.3f} ({eval_device(train_cfg)}, beam {asr_cfg.beam}, weights {weights})")
+          f"factor {rtf:.3f} ({Hardware.of(train_cfg).device}, beam {asr_cfg.beam}, weights {weights})")
     return {"texts": texts, "skipped": skipped, "audio_s": seconds, "elapsed_s": elapsed, "rtf": rtf}
 
 

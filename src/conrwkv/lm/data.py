@@ -7,6 +7,7 @@ training loader's position in the epoch is part of the resumable checkpoint (dat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,8 +22,17 @@ from ..data.sampling import DocumentDataset, WindowDataset
 from ..io import read_json
 
 
-def resolve_lm_data(cfg: TrainConfig) -> tuple[Path, Path | None, str, dict | None]:
-    """(train prefix, val prefix or None, sampling kind, Markov meta or None) for cfg.data_file."""
+@dataclass(frozen=True)
+class LMData:
+    """What --data_file (and --val_file, --data_type) name, resolved once per run."""
+
+    train: Path                    # binidx prefix
+    val: Path | None
+    kind: str                      # "windows" or "documents"
+    markov_folder: Path | None     # a datanew.py folder: the Bayes references live there
+
+
+def resolve_lm_data(cfg: TrainConfig) -> LMData:
     if not cfg.data_file:
         raise ValueError("--data_file is required: a binidx prefix or a datanew.py folder")
     data = Path(cfg.data_file)
@@ -44,14 +54,15 @@ def resolve_lm_data(cfg: TrainConfig) -> tuple[Path, Path | None, str, dict | No
                          f"across chains with different transition tables, and the Bayes-optimal "
                          f"reference (val/gap, the ICL evaluation) is per chain; use --data_type "
                          f"documents (the default for such a folder)")
-    return train, val, kind, meta
+    return LMData(train, val, kind, data if meta else None)
 
 
 class LMDataModule(L.LightningDataModule):
-    def __init__(self, cfg: TrainConfig, vocab_size: int):
+    def __init__(self, cfg: TrainConfig, vocab_size: int, data: LMData | None = None):
         super().__init__()
         self.cfg = cfg
-        self.train_prefix, self.val_prefix, self.kind, self.meta = resolve_lm_data(cfg)
+        data = data or resolve_lm_data(cfg)
+        self.train_prefix, self.val_prefix, self.kind = data.train, data.val, data.kind
         self.vocab_size = vocab_size
 
     def _dataset(self, prefix: Path) -> Dataset:

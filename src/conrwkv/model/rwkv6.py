@@ -125,17 +125,7 @@ class RWKV6(nn.Module):
         file's own."""
         source = str(path)
         sd = strip_prefix(safe_torch_load(path))
-        inferred = infer_config(sd, source)
-        if "n_layer" in overrides and overrides["n_layer"] != inferred.n_layer:
-            raise ValueError(f"{source}: has {inferred.n_layer} layers (blocks.0 .. "
-                             f"blocks.{inferred.n_layer - 1}), but n_layer = {overrides['n_layer']}")
-        unknown = set(overrides) - set(asdict(inferred))
-        if unknown:
-            raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        for name in ("conv_kernel", "state_tuning"):
-            if name in overrides and not overrides[name]:
-                overrides.pop(name)                    # "off" never removes what the file has
-        config = replace(inferred, **overrides)
+        config = _config_of(sd, source, overrides)
         dtype = dtype or sd["emb.weight"].dtype
         with _default_dtype(dtype), torch.device("meta"):
             model = cls(config, init=False)
@@ -146,6 +136,19 @@ class RWKV6(nn.Module):
                 params[name].zero_()            # an adapter the file lacks starts neutral
         return model
 
+    @staticmethod
+    def config_from_checkpoint(path: str | os.PathLike, **overrides) -> ModelConfig:
+        """The ModelConfig that from_checkpoint(path, **overrides) builds, read off the keys and
+        shapes alone (memory-mapped: the weights are not read)."""
+        sd = strip_prefix(safe_torch_load(path, mmap=True, finite=False))
+        config = _config_of(sd, str(path), overrides)
+        inferred = infer_config(sd, str(path))
+        for name in ("vocab_size", "n_embd", "dim_att", "dim_ffn", "head_size", "mix_rank", "decay_rank"):
+            if name in overrides and overrides[name] != getattr(inferred, name):
+                raise ValueError(f"{path}: its keys give {name} = {getattr(inferred, name)}, not "
+                                 f"{overrides[name]}")
+        return config
+
     def official_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """The state dict under the official key names (the module names are those names)."""
         return {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous()
@@ -154,6 +157,21 @@ class RWKV6(nn.Module):
     def save_checkpoint(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Write an official-layout `.pth` (atomically: a crash never leaves half a file)."""
         atomic_torch_save(self.official_state_dict(dtype), path)
+
+
+def _config_of(sd: dict[str, Tensor], source: str, overrides: dict) -> ModelConfig:
+    """The shape read off an official state dict, with `overrides` (ModelConfig fields) applied:
+    options switch things on, shape fields are checked against the file."""
+    inferred = infer_config(sd, source)
+    if "n_layer" in overrides and overrides["n_layer"] != inferred.n_layer:
+        raise ValueError(f"{source}: has {inferred.n_layer} layers (blocks.0 .. "
+                         f"blocks.{inferred.n_layer - 1}), but n_layer = {overrides['n_layer']}")
+    unknown = set(overrides) - set(asdict(inferred))
+    if unknown:
+        raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
+    # "off" never removes what the file has.
+    applied = {k: v for k, v in overrides.items() if not (k in ("conv_kernel", "state_tuning") and not v)}
+    return replace(inferred, **applied)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """Command-line flags generated from the configuration dataclasses.
 
 Every field becomes `--<name>` with the field's help text, type, choices and default, so a flag
-cannot exist without help or without the code that reads it. Flags left out keep the dataclass
-default; `given` reports which were typed, so that a shape read off a checkpoint is only
-overridden (and checked) where the user asked for it.
+cannot exist without help; each command registers only the fields it reads (conrwkv/cli.py).
+Flags left out keep the dataclass default; `given` reports which were typed, so that a shape
+read off a checkpoint is only overridden (and checked) where the user asked for it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Collection
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str,
+                        only: Collection[str] | None = None) -> None:
+    """Add `--<field>` for every field of `cls`, or for the fields named in `only` (a command
+    offers only the flags it reads: any other is an unrecognized argument)."""
+    fields = [f for f in dataclasses.fields(cls) if only is None or f.name in only]
+    if only is not None:
+        unknown = set(only) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    if not fields:
+        return
     group = parser.add_argument_group(title, (cls.__doc__ or "").strip().splitlines()[0])
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in fields:
         kind = hints[f.name]
         meta = dict(f.metadata)
         help_text = f"{meta.pop('help')} (default: {f.default!r})"
