@@ -1,6 +1,6 @@
 // PyTorch binding of the project's WKV6 kernels (cuda/wkv6_fwd.cu, cuda/wkv6_bwd.cu): checks the
 // tensors, allocates outputs and calls the launchers on the current stream. The autograd wrapper is
-// src/conrwkv/ops/wkv6_cuda.py; the op is SPEC.md section 1.
+// src/conrwkv/ops/wkv6_cuda.py; the op is the recurrence of docs/reference.md, "WKV recurrence".
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>

@@ -1,5 +1,5 @@
 // WKV6 backward kernel: dr, dk, dv, dw (with respect to the raw w), du and d(initial state) for the
-// recurrence of SPEC.md section 1 (see wkv6_fwd.cuh for the notation).
+// recurrence of docs/reference.md, "WKV recurrence" (see wkv6_fwd.cuh for the notation).
 //
 // One block of 2N threads walks one (b, h) backwards through time, carrying dS, the gradient with
 // respect to the state leaving the current chunk, in registers (rows = key index j). Per chunk of

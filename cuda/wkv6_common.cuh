@@ -1,4 +1,4 @@
-// Shared pieces of the project's WKV6 kernels (RWKV-6 time mixing, SPEC.md section 1):
+// Shared pieces of the project's WKV6 kernels (RWKV-6 time mixing; docs/reference.md, "WKV recurrence"):
 // constants, the 16-bit float type, tile loads and the handful of PTX instructions the kernels use
 // (tf32 tensor-core mma.sync m16n8k8, cvt.rna.tf32, ex2.approx, cp.async).
 //

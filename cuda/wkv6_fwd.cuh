@@ -1,5 +1,6 @@
 // WKV6 forward kernel: y (and optionally the final state and one stored state every SEG chunks)
-// for the recurrence of SPEC.md section 1, per batch row b and head h, state S [key j, value i]:
+// for the recurrence of docs/reference.md, "WKV recurrence", per batch row b and head h, state S
+// [key j, value i]:
 //
 //     y_t[i] = sum_j r_t[j] (u[j] k_t[j] v_t[i] + S_{t-1}[j, i])
 //     S_t    = diag(exp(-exp(w_t))) S_{t-1} + k_t^T v_t

@@ -14,7 +14,7 @@ set -eu
 # ---- data: k-th order binary Markov chains (datanew.py) ----
 ORDER=1             # Markov order k
 BETA=1              # Dirichlet(beta) prior of each transition probability
-SEQ_LEN=513         # symbols per chain (512 predictions, as in SPEC.md's table)
+SEQ_LEN=513         # symbols per chain (512 predictions, as in docs/reference.md, "Expected losses")
 N_TRAIN=20000       # training chains
 N_VAL=500           # validation chains (their Bayes-optimal loss is computed exactly)
 DATA_SEED=0

@@ -1,4 +1,4 @@
-"""binidx files against the layout written down in SPEC.md section 4, and window sampling."""
+"""binidx files against the layout written down in docs/reference.md, "binidx", and window sampling."""
 
 import struct
 
@@ -11,7 +11,7 @@ from conrwkv.data.sampling import DocumentDataset, WindowDataset, is_prime, magi
 
 
 def parse_idx_from_spec(path):
-    """An independent parser, written from the table in SPEC.md, not from our reader."""
+    """An independent parser, written from the table in docs/reference.md, "binidx", not from our reader."""
     raw = open(path, "rb").read()
     assert raw[:9] == b"MMIDIDX\x00\x00"
     version, = struct.unpack_from("<Q", raw, 9)

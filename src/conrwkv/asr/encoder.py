@@ -5,7 +5,7 @@ WavLM; base, large or xlarge; CTC-fine-tuned or not) that turns 16 kHz audio int
     encoder = SpeechEncoder("models/hubert-xlarge-ls960-ft")   # a local save_pretrained folder
     features, frame_counts = encoder([audio_a, audio_b])       # [B, F, D], LongTensor [B]
 
-The folder's own feature extractor prepares the audio (a peer hard-coded one extractor id for
+The folder's own feature extractor prepares the audio (RWKV-ASR hard-coded one extractor id for
 every encoder). Each utterance is normalised on its own samples and the batch is padded with the
 extractor's padding value, so an utterance's inputs never depend on its neighbours. The number
 of valid frames comes from the model's own conv output-length formula applied to the true audio

@@ -2,7 +2,7 @@
 
 Only the trained tensors (time_state, projector, conv; the encoder when asked) reach the
 optimizer, the weights files and the resumable checkpoints: a 3B frozen LLM is never written
-again. The state gets its own, much larger learning rate (SPEC.md section 5).
+again. The state gets its own, much larger learning rate (docs/reference.md, "Learning rates").
 """
 
 from __future__ import annotations

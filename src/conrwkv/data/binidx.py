@@ -1,7 +1,7 @@
 """binidx token files, the data format of the RWKV trainers (Megatron's MMapIndexedDataset).
 
 A `<prefix>.bin` holds every token of every document back to back; `<prefix>.idx` indexes it
-(SPEC.md section 4, all little-endian):
+(docs/reference.md, "binidx"; all little-endian):
 
     magic b"MMIDIDX\\x00\\x00" | version u64 = 1 | dtype code u8 | n_items u64 | n_doc_idx u64 |
     sizes int32[n_items] | pointers int64[n_items] (byte offsets) | doc_idx int64[n_doc_idx]

@@ -4,7 +4,7 @@ The in-context learning task of Edelman et al. 2024 ("The Evolution of Statistic
 Heads") and Bondaschi et al. 2025 (k-th order): each sequence draws its own table, one
 P(next = 1 | context) ~ Beta(beta, beta) per context of k symbols (Dirichlet(beta) over the two
 outcomes); the first k symbols are uniform. A model can only predict well by estimating the
-table from the sequence itself. SPEC.md section 7.
+table from the sequence itself. docs/reference.md, "Markov ICL".
 
 Conventions. A sequence of `length` tokens gives length - 1 predictions (of x_1 .. x_{L-1}).
 The context of x_t is x_{t-k} .. x_{t-1}, as an integer with the most recent symbol in bit 0.

@@ -1,6 +1,6 @@
 """Training samples from binidx files: fixed windows for token corpora, whole documents for chains.
 
-Window sampling follows the RWKV trainers (SPEC.md section 4): window m covers tokens
+Window sampling follows the RWKV trainers (docs/reference.md, "Window sampling"): window m covers tokens
 [m * ctx_len, m * ctx_len + ctx_len] (ctx_len + 1 tokens: inputs and shifted targets), and the
 windows are visited once each in a pseudo-random order given by x -> x^3 mod p, a bijection on
 0..p-1 when p is prime and p % 3 == 2. p, the "magic prime", is the largest such prime below

@@ -1,5 +1,5 @@
-"""Corpus word error rate for speech recognition, as SLAM-ASR reports it (SPEC.md section 6),
-under two normalisers (docs/wer.md compares them).
+"""Corpus word error rate for speech recognition, as SLAM-ASR reports it (docs/reference.md,
+"WER"), under two normalisers (docs/wer.md compares them).
 
 WER = (substitutions + deletions + insertions) / reference words, summed over the whole split
 (not an average of per-utterance WERs, which RWKV-ASR reported and which weights short

@@ -3,9 +3,9 @@ Bayes-optimal in-context estimator, by position, with a plot.
 
 The references come from the datanew.py folder (val_curves.npz): the Bayes-optimal loss of every
 validation chain at every position, and the mean curves of the oracle (true table) and of the
-lower-order add-beta estimators (SPEC.md section 7). The model is scored on the same chains and
-positions, so `gap = loss - bayes` is exact, not an estimate from different samples. A chain
-of seq_len tokens has seq_len - 1 predictions; a ctx_len longer than that is cut to it.
+lower-order add-beta estimators (docs/reference.md, "Markov ICL"). The model is scored on the same
+chains and positions, so `gap = loss - bayes` is exact, not an estimate from different samples. A
+chain of seq_len tokens has seq_len - 1 predictions; a ctx_len longer than that is cut to it.
 
 The JSON and PNG of an evaluation are never written over an earlier evaluation's: a re-run
 gets `-icl-2.json` / `-icl-2.png`, and so on (eval/fresh_names.py).

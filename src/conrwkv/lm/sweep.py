@@ -1,9 +1,10 @@
 """The RWKV-ICL sweep: Markov order k x conv kernel x depth, each trained from scratch, and the
 final gap to the Bayes-optimal in-context estimator as a table and a heatmap.
 
-The claim under test (SPEC.md section 7): a causal convolution of kernel >= k + 1 lets the loss
-reach the Bayes-optimal level; smaller kernels plateau near a lower-order estimator. Token
-shift is already a width-2 convolution and depth widens the view, so depth is part of the grid.
+The claim under test (docs/reference.md, "The claim under test"): a causal convolution of kernel
+>= k + 1 lets the loss reach the Bayes-optimal level; smaller kernels plateau near a lower-order
+estimator. Token shift is already a width-2 convolution and depth widens the view, so depth is part
+of the grid.
 
     python -m conrwkv.lm.sweep --orders 1 2 3 4 --kernels 0 2 3 4 5 6 --depths 1 2 \\
         --steps 2000 --parallel 8 --out output/icl-sweep

@@ -1,6 +1,7 @@
 """RWKV channel mixing ("ffn"): token-shift interpolation, squared ReLU, sigmoid gate.
 
-SPEC.md section 1 (x060: x + (shift - x) * maa) and 1b (x052: x * mix + shift * (1 - mix)).
+docs/reference.md, "x060 forward pass" (x + (shift - x) * maa) and "x052 forward pass" (x * mix +
+shift * (1 - mix)).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The official RWKV `.pth` layout (SPEC.md section 2): recognise the architecture, infer the
-model shape from the keys, and match a state dict against a model with errors that name keys.
+"""The official RWKV `.pth` layout (docs/reference.md, "Checkpoint keys and shapes"): recognise the
+architecture, infer the model shape from the keys, and match a state dict against a model with
+errors that name keys.
 """
 
 from __future__ import annotations

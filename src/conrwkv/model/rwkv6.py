@@ -62,7 +62,7 @@ class RWKV6(nn.Module):
     # ---------------------------------------------------------------- initialisation
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The official scheme for training from scratch (SPEC.md section 3)."""
+        """The official scheme for training from scratch (docs/reference.md, "Initialisation")."""
         V, C = self.config.vocab_size, self.config.n_embd
         self.emb.weight.uniform_(-1e-4, 1e-4)
         nn.init.orthogonal_(self.head.weight, gain=0.5 * (V / C) ** 0.5 if V > C else 0.5)

@@ -1,7 +1,7 @@
 """RWKV time mixing ("att"), x060 (RWKV-6 Finch) and x052 (RWKV-5.2 Eagle) in one class.
 
-Formulas: SPEC.md sections 1 and 1b (Peng et al. 2024, "Eagle and Finch"). Two options make
-Con-RWKV and state tuning:
+Formulas: docs/reference.md, "x060 forward pass" and "x052 forward pass" (Peng et al. 2024, "Eagle
+and Finch", sections 4.2 and 4.1). Two options make Con-RWKV and state tuning:
 - `conv_kernel > 0`: a causal depthwise convolution on the time-mix input, before the token
   shift, as a zero-initialised residual branch (keys att.conv.weight / att.conv.bias);
 - `state_tuning`: a trainable initial WKV state `time_state`, stored [H, value, key] as the
@@ -65,7 +65,7 @@ class TimeMix(nn.Module):
     # ---------------------------------------------------------------- initialisation
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Official initialisation for training from scratch (SPEC.md section 3)."""
+        """Official initialisation for training from scratch (docs/reference.md, "Initialisation")."""
         cfg, layer = self.config, self.layer_id
         C, A = cfg.n_embd, cfg.dim_att
         r0 = layer / (cfg.n_layer - 1) if cfg.n_layer > 1 else 0.0   # the official code divides by 0

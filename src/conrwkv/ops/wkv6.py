@@ -1,4 +1,4 @@
-"""The one dispatch point for the WKV6 operator (RWKV-6 time mixing, SPEC.md section 1).
+"""The one dispatch point for the WKV6 operator (RWKV-6 time mixing; docs/reference.md, "WKV recurrence").
 
     y = wkv6(r, k, v, w, u)                                   # y [B, T, H, N]
     y, final_state = wkv6(r, k, v, w, u, state, return_state=True)

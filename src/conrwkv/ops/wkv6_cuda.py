@@ -1,6 +1,6 @@
 """WKV6 on the project's own CUDA kernels (cuda/ at the repository root), with autograd.
 
-The op is the RWKV-6 recurrence of SPEC.md section 1 with the layouts of DESIGN.md; the readable
+The op is the RWKV-6 recurrence in the layouts of docs/reference.md, "WKV recurrence"; the readable
 reference is `wkv6_sequential` in wkv6_torch.py. The kernels (cuda/wkv6_fwd.cuh, cuda/wkv6_bwd.cuh)
 use the chunkwise form of gated linear attention (Yang et al. 2024) on the tensor cores: chunks of 16
 steps, the state carried between chunks in registers, one thread block per (batch row, head).

@@ -13,7 +13,7 @@ whole file or none. A resumable checkpoint is written last: when it exists, so d
 weights. A kill before it means the resume starts from the previous checkpoint and trains
 this step again, to the same weights, and writes what is missing.
 
-A peer trainer deleted every .pth in its output folder before saving; nothing here removes or
+RWKV-ASR's trainer deleted every .pth in its output folder before saving; nothing here removes or
 overwrites a finished file: a name that exists already is left alone.
 """
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the RWKV trainers (SPEC.md section 5).
+"""Learning-rate schedule of the RWKV trainers (docs/reference.md, "Learning rates").
 
 Warmup multiplies the rate by 0.01 + 0.99 * step / warmup; afterwards it decays from lr_init to
 lr_final over the remaining planned steps, exponentially (the RWKV default) or by a cosine.

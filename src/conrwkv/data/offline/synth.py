@@ -1,5 +1,5 @@
 """A synthetic speech corpus in the LibriSpeech layout, spoken by espeak-ng and flite, so that the
-RWKV-ASR pipeline can be trained and evaluated offline (SPEC.md section 6 gives the layout).
+RWKV-ASR pipeline can be trained and evaluated offline (the layout: docs/reference.md, "LibriSpeech").
 
 Text: the example sentences of WordNet 3.0 ("the tennis fathers ruled in her favor"), read from
 the Debian package `wordnet-base` (/usr/share/wordnet/data.{noun,verb,adj,adv}). Why this one:
