@@ -39,11 +39,8 @@ def run_to_end(args: list[str], proj_dir: Path, timeout: float = 600) -> subproc
 def run_in_process(args: list[str], proj_dir: Path) -> None:
     """The uninterrupted reference run, in this process (saves a process start) with the
     subprocesses' one thread."""
-    import importlib.util
+    from conrwkv import cli
 
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

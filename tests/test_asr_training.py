@@ -149,13 +149,10 @@ def test_eval_predict_and_merge(setup, tmp_path, capsys):
 
 
 def _train_py():
-    """The repository's train.py as a module (it sits at the root, outside the package)."""
-    import importlib.util
+    """What train.py runs (it calls conrwkv.cli.main)."""
+    from conrwkv import cli
 
-    spec = importlib.util.spec_from_file_location("train_py", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return cli
 
 
 def test_missing_inputs_are_clear_errors(setup, tmp_path):
@@ -234,3 +231,24 @@ def test_bf16_true_is_refused_for_state_tuning(setup, tmp_path):
     model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", precision="bf16-true")
     with pytest.raises(ValueError, match="bf16-true would cast the trained initial states"):
         run_asr.train_asr(model_cfg, {}, train_cfg, asr)
+
+
+def test_dry_runs_print_what_the_commands_will_use(setup, tmp_path, capsys):
+    cli = _train_py()
+    assert cli.main(["--task", "asr", "--load_model", setup["llm"], "--conv_kernel", "3",
+                     "--accelerator", "cpu", "--dry_run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["llm"]["from"] == setup["llm"] and plan["llm"]["n_embd"] == 32
+    assert plan["llm"]["state_tuning"] and plan["llm"]["conv_kernel"] == 3
+    assert plan["hardware"]["precision"] == "32-true"
+
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2)
+    run_asr.train_asr(model_cfg, {"conv_kernel": 3}, train_cfg, asr)
+    capsys.readouterr()
+    # eval takes the model as it was trained from the weights' record: no model flags needed
+    assert cli.main(["--task", "asr", "--op", "eval", "--proj_dir", str(tmp_path / "run"),
+                     "--dry_run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["weights"].endswith("asr-step000002.pth")
+    assert plan["trained_as"]["projector_hidden"] == 64 and plan["trained_as"]["encoder"] == setup["encoder"]
+    assert plan["llm"]["conv_kernel"] == 3 and plan["llm"]["from"] == setup["llm"]

@@ -107,7 +107,7 @@ def test_demo_dry_run_parses_and_resolves():
 
 def test_bad_flags_give_clear_errors(tmp_path):
     out = run([sys.executable, "train.py", "--task", "lm", "--op", "predict"])
-    assert out.returncode == 2 and "--op predict is not available for --task lm" in out.stderr
+    assert out.returncode == 2 and "argument --op: invalid choice: 'predict'" in out.stderr
     out = run([sys.executable, "train.py", "--task", "lm", "--beam", "4"])
     assert out.returncode == 2 and "unrecognized arguments: --beam" in out.stderr
     out = run([sys.executable, "train.py", "--task", "lm", "--data_file", str(tmp_path / "none"),
@@ -162,3 +162,34 @@ def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_
     assert weights["compiled"].keys() == weights["eager"].keys()      # no "_orig_mod." prefixes
     for key, value in weights["eager"].items():
         assert torch.allclose(weights["compiled"][key], value, atol=1e-4), key
+
+
+def test_each_command_offers_only_the_flags_it_reads():
+    """A flag a command does not read is an unrecognized argument, not silently ignored."""
+    for argv, flag in ((["--task", "asr", "--head_size", "32"], "--head_size"),
+                       (["--task", "asr", "--no-state_tuning"], "--no-state_tuning"),
+                       (["--task", "asr", "--data_type", "windows"], "--data_type"),
+                       (["--task", "asr", "--op", "eval", "--lr_init", "1"], "--lr_init"),
+                       (["--task", "asr", "--op", "eval", "--conv_kernel", "3"], "--conv_kernel"),
+                       (["--task", "lm", "--op", "eval", "--max_steps", "9"], "--max_steps"),
+                       (["--task", "lm", "--beam", "4"], "--beam")):
+        out = run([sys.executable, "train.py", *argv, "--dry_run"])
+        assert out.returncode == 2 and f"unrecognized arguments: {flag}" in out.stderr, argv
+
+
+def test_dry_run_prints_the_shape_read_off_the_checkpoint(tmp_path):
+    from factories import random_checkpoint
+
+    path, _ = random_checkpoint(tmp_path / "m.pth", vocab_size=97, n_embd=64)
+    out = run([sys.executable, "train.py", "--task", "lm", "--load_model", str(path),
+               "--conv_kernel", "3", "--data_file", str(tmp_path / "none"), "--accelerator", "cpu",
+               "--dry_run"])
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["model"]["from"] == str(path)
+    assert (plan["model"]["n_embd"], plan["model"]["vocab_size"], plan["model"]["conv_kernel"]) == (64, 97, 3)
+    assert plan["hardware"] == {"accelerator": "cpu", "devices": "auto", "num_nodes": 1, "processes": 1,
+                                "precision": "32-true", "strategy": "auto"}
+    out = run([sys.executable, "train.py", "--task", "lm", "--load_model", str(path), "--n_embd", "128",
+               "--dry_run"])
+    assert out.returncode == 2 and "its keys give n_embd = 64, not 128" in out.stderr
