@@ -212,9 +212,10 @@ def bench_lm(args, device: str, folder: Path, builder, results: dict) -> RWKV6:
 
 def bench_rtf(args, device: str, folder: Path, llm: RWKV6, results: dict) -> None:
     from conrwkv.asr import SpeechRWKV, greedy_decode
-    from conrwkv.asr.encoder import SAMPLE_RATE, SpeechEncoder
+    from conrwkv.asr.encoder import SpeechEncoder
     from conrwkv.asr.projector import Projector
     from conrwkv.config import AsrConfig
+    from conrwkv.data.speech import SAMPLE_RATE
     from conrwkv.data.tokenizer import WorldTokenizer
 
     asr = AsrConfig()

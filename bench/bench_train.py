@@ -283,9 +283,10 @@ def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
 # ---------------------------------------------------------------- ASR state tuning
 def bench_asr(args, device: str, peak_flops: float, results: dict) -> None:
     from conrwkv.asr import SpeechRWKV
-    from conrwkv.asr.encoder import SAMPLE_RATE, SpeechEncoder
+    from conrwkv.asr.encoder import SpeechEncoder
     from conrwkv.asr.projector import Projector
     from conrwkv.config import AsrConfig
+    from conrwkv.data.speech import SAMPLE_RATE
     from conrwkv.data.tokenizer import WorldTokenizer
 
     log(f"\nASR state-tuning step, {args.asr_size} + HuBERT-{args.encoder_size}")

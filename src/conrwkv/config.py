@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+# The option sets, each defined once here; the flags' choices and the code's checks use them.
 ARCHITECTURES = ("x060", "x052")
+WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
+LR_SCHEDULES = ("exp", "cos", "linear", "const")
+PROJECTORS = ("linear", "conv")
 ENCODER_BATCHING = ("auto", "batch", "one_by_one")
 
 
@@ -58,7 +62,7 @@ class ModelConfig:
         "Rank of the x060 data-dependent decay LoRA (0: 64, or 128 from n_embd 4096)."))
     wkv_backend: str = field(default="auto", metadata=_may_change(
         "WKV6 kernel: auto (cuda on GPU tensors, torch otherwise), torch, cuda or fla.",
-        choices=("auto", "torch", "cuda", "fla")))
+        choices=WKV_BACKENDS))
     grad_cp: bool = field(default=False, metadata=_may_change(
         "Gradient checkpointing: recompute each block in the backward pass to save memory."))
 
@@ -119,7 +123,7 @@ class TrainConfig:
     lr_final: float = field(default=6e-5, metadata=_help("Learning rate at the last step."))
     lr_schedule: str = field(default="exp", metadata=_help(
         "Decay from lr_init to lr_final over the steps after warmup: exp (RWKV default), cos, "
-        "or const (stay at lr_init).", choices=("exp", "cos", "const")))
+        "linear, or const (stay at lr_init).", choices=LR_SCHEDULES))
     warmup_steps: int = field(default=10, metadata=_help(
         "Warmup steps: lr is multiplied by 0.01 + 0.99 * step / warmup_steps."))
     beta1: float = field(default=0.9, metadata=_help("Adam beta1."))
@@ -175,7 +179,7 @@ class AsrConfig:
         "Train the speech encoder too (default: frozen, as in SLAM-ASR and RWKV-ASR)."))
     projector: str = field(default="linear", metadata=_help(
         "Projector: 'linear' (concatenate `downsample` frames, Linear-ReLU-Linear) or 'conv' "
-        "(Conv1d with kernel = stride = downsample, then the same MLP).", choices=("linear", "conv")))
+        "(Conv1d with kernel = stride = downsample, then the same MLP).", choices=PROJECTORS))
     downsample: int = field(default=5, metadata=_help(
         "Encoder frames merged into one LLM position (5: 50 frames/s -> 10 positions/s)."))
     projector_hidden: int = field(default=2048, metadata=_help("Hidden width of the projector MLP."))

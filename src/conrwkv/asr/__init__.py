@@ -6,9 +6,9 @@ optional Con-RWKV convolution) is trained; decoding runs in RNN mode with the st
 """
 
 from .decode import beam_search, decode, greedy_decode, max_new_tokens
-from .encoder import SAMPLE_RATE, SpeechEncoder
+from .encoder import SpeechEncoder
 from .projector import Projector
 from .speech_rwkv import SpeechRWKV
 
-__all__ = ["SAMPLE_RATE", "Projector", "SpeechEncoder", "SpeechRWKV", "beam_search", "decode",
+__all__ = ["Projector", "SpeechEncoder", "SpeechRWKV", "beam_search", "decode",
            "greedy_decode", "max_new_tokens"]

@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.speech import LengthBucketBatchSampler, load_audio, load_corpus
+from ..data.speech import SAMPLE_RATE, LengthBucketBatchSampler, load_audio, load_corpus
 from ..eval.wer import corpus_wer
 from ..io import atomic_json_save
+from ..train.flags import add_dataclass_flags, take
+from ..train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def build_processor_parts(folder: Path):
     """The feature extractor and CTC tokenizer saved beside the model (the published layout)."""
     from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
                                          do_normalize=True, return_attention_mask=True)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.json"
@@ -122,15 +124,9 @@ def _load_split(source: str) -> tuple[list[str], list[np.ndarray], list[str]]:
 
 
 def _batch_inputs(extractor, audio: list[np.ndarray], device) -> dict[str, torch.Tensor]:
-    inputs = extractor(audio, sampling_rate=16000, padding=True, return_tensors="pt",
+    inputs = extractor(audio, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
                        return_attention_mask=True)
     return {k: v.to(device) for k, v in inputs.items()}
-
-
-def _lr_factor(step: int, config: CtcEncoderConfig) -> float:
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup))
 
 
 def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig,
@@ -149,10 +145,13 @@ def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig
     extractor, tokenizer = build_processor_parts(out)
     ids, audio, texts = _load_split(train_data)
     labels = [torch.tensor(text_to_ids(t)) for t in texts]
-    sampler = LengthBucketBatchSampler([len(a) / 16000 for a in audio], config.batch_size, seed=config.seed)
+    sampler = LengthBucketBatchSampler([len(a) / SAMPLE_RATE for a in audio], config.batch_size,
+                                       seed=config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8,
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    # The project's schedule: warm-up, then a linear decay to zero.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.steps, config.warmup, 0.0, "linear"))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
     losses, step, epoch, start = [], 0, 0, time.time()
@@ -247,16 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_limit", type=float, default=0.0,
                    help="stop training after this many seconds and save what there is (0: no limit)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    for name, f in CtcEncoderConfig.__dataclass_fields__.items():
-        p.add_argument(f"--{name}", type=type(f.default), default=f.default,
-                       help=f"{f.metadata['help']} (default {f.default})")
+    add_dataclass_flags(p, CtcEncoderConfig, "encoder and training")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = CtcEncoderConfig(**{k: getattr(args, k) for k in CtcEncoderConfig.__dataclass_fields__})
+    config = take(CtcEncoderConfig, args)[0]
     eval_data = [s for s in args.eval_data.split(",") if s]
     results = train_ctc_encoder(args.train_data, args.out, config, eval_data, args.device,
                                 progress=not args.no_progress, time_limit=args.time_limit)

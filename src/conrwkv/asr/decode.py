@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from ..config import AsrConfig
+from ..data.speech.audio import SAMPLE_RATE
 from ..model import RWKV6, LayerState, RNNStepper, RWKVState, StepperCache
-from .encoder import SAMPLE_RATE
 from .speech_rwkv import SpeechRWKV
 
 

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ENCODER_BATCHING
+from ..data.speech.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 
 
 def _looks_like_path(name: str) -> bool:

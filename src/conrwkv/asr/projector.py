@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-PROJECTORS = ("linear", "conv")
+from ..config import PROJECTORS
 
 
 class Projector(nn.Module):

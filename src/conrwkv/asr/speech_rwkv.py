@@ -28,11 +28,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ..config import AsrConfig
+from ..data.tokenizer import END_OF_TEXT
 from ..model import RWKV6
 from .encoder import SpeechEncoder
 from .projector import Projector
-
-END_OF_TEXT = 0
 
 
 class SpeechRWKV(nn.Module):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..data.speech.audio import SAMPLE_RATE
 from ..model import RWKV6
 
 TINY_ENCODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -35,7 +36,7 @@ def make_tiny_encoder(folder: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = HubertModel(HubertConfig(**TINY_ENCODER, feat_extract_norm="layer"))
     model.save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
                              return_attention_mask=True).save_pretrained(folder)
     return folder
 

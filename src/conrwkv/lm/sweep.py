@@ -9,9 +9,9 @@ of the grid.
     python -m conrwkv.lm.sweep --orders 1 2 3 4 --kernels 0 2 3 4 5 6 --depths 1 2 \\
         --steps 2000 --parallel 8 --out output/icl-sweep
 
-Runs go to <out>/runs/k<k>-conv<K>-L<d> as separate train.py processes, several at once (small
-models leave a GPU mostly idle); a run whose result exists is not repeated, so an interrupted
-sweep continues where it stopped. Results: <out>/sweep.json, sweep.md, sweep.png.
+Runs go to <out>/runs/k<k>-conv<K>-L<d> as separate `python -m conrwkv` (train.py) processes,
+several at once (small models leave a GPU mostly idle); a run whose result exists is not
+repeated, so an interrupted sweep continues where it stopped. Results: <out>/sweep.json, sweep.md, sweep.png.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import WKV_BACKENDS
 from ..data.markov import MarkovDataParams, write_markov_dataset
 from ..io import atomic_json_save, atomic_write_bytes, read_json
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_name(order: int, kernel: int, depth: int) -> str:
@@ -42,7 +41,8 @@ def find_result(run_dir: Path) -> dict | None:
 
 
 def train_command(args, data: Path, run_dir: Path, kernel: int, depth: int) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), "--task", "lm", "--op", "train",
+    # `python -m conrwkv` is train.py; run in this process's folder, where the paths point.
+    return [sys.executable, "-m", "conrwkv", "--task", "lm", "--op", "train",
             "--data_file", str(data), "--vocab_size", "2", "--n_layer", str(depth),
             "--n_embd", str(args.n_embd), "--head_size", str(args.head_size),
             "--conv_kernel", str(kernel), "--ctx_len", str(args.seq_len - 1),
@@ -63,8 +63,8 @@ def run_one(args, data: Path, order: int, kernel: int, depth: int) -> dict:
             # Each run gets its share of the CPU: many runs with a full thread pool each would
             # oversubscribe the cores, and these small models are bound by host-side work.
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads_per_run)}
-            proc = subprocess.run(train_command(args, data, run_dir, kernel, depth), cwd=ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(train_command(args, data, run_dir, kernel, depth), stdout=log,
+                                  stderr=subprocess.STDOUT, env=env)
         if proc.returncode:
             raise RuntimeError(f"run {run_dir} failed (exit {proc.returncode}); see {run_dir}/train.log")
         result = find_result(run_dir)
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr-init", type=float, default=3e-3, help="Learning rate after warmup.")
     p.add_argument("--lr-final", type=float, default=3e-4, help="Learning rate at the end.")
     p.add_argument("--seed", type=int, default=0, help="Seed of data and training.")
-    p.add_argument("--wkv-backend", default="torch", choices=("auto", "torch", "cuda", "fla"),
+    p.add_argument("--wkv-backend", default="torch", choices=WKV_BACKENDS,
                    help="WKV kernel for every run (torch: no kernel build in each process).")
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"),
                    help="Where the runs train.")

@@ -19,11 +19,12 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..config import WKV_BACKENDS
 from .wkv6_torch import wkv6_chunked, wkv6_sequential
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "cuda", "fla")
+BACKENDS = WKV_BACKENDS
 _resolved: dict[str, str] = {}
 
 

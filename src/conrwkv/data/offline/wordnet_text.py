@@ -33,12 +33,11 @@ from pathlib import Path
 
 from ...io import text_lines
 from ..binidx import write_binidx
-from ..tokenizer import WorldTokenizer
+from ..tokenizer import END_OF_TEXT, WorldTokenizer
 from .synth import WORDNET_DIR, wordnet_glosses
 
 log = logging.getLogger(__name__)
 
-END_OF_TEXT = 0
 _NOT_A_WORD_CHARACTER = re.compile(r"[^a-z']+")
 
 
