@@ -14,9 +14,14 @@
 #
 # Usage:  STAGES="prepare" sh demo/demo-asr-offline.sh          (stages run in the order given)
 #         STAGES="encoder lm slam" sh demo/demo-asr-offline.sh
-# The encoder and lm stages are independent and can run at the same time on one GPU. A stage
-# whose result exists is skipped (delete its folder to redo it). Measured results, with what
-# limits them at this scale: docs/results.md.
+#         sh demo/demo-asr-offline.sh --dry_run
+# Every variable below can be edited here or set in the environment. The encoder and lm stages
+# are independent and can run at the same time on one GPU. A stage whose result exists is
+# skipped (delete its folder to redo it). Measured results, with what limits them at this
+# scale: docs/results.md.
+# --dry_run (the only argument): every train.py call gets --dry_run and prints what it will use
+# (JSON); the commands that would make data, the encoder or the ablation table are printed
+# instead of run; nothing is written.
 set -eu
 
 STAGES=${STAGES:-prepare encoder lm slam}
@@ -38,10 +43,15 @@ ENC_TIME_LIMIT=${ENC_TIME_LIMIT:-0}   # seconds: stop early and keep the model (
 # ---- language model ----
 LM_LAYERS=${LM_LAYERS:-6}
 LM_EMBD=${LM_EMBD:-384}
+LM_HEAD_SIZE=${LM_HEAD_SIZE:-64}  # the official models' WKV head size
 LM_CTX=${LM_CTX:-128}
 LM_BSZ=${LM_BSZ:-64}
 LM_STEPS=${LM_STEPS:-600}      # 1.77M tokens: a 1200-step run overfitted after step 400 (docs/results.md)
 LM_LR=${LM_LR:-1e-3}
+LM_LR_FINAL=${LM_LR_FINAL:-1e-4}
+LM_WARMUP=${LM_WARMUP:-50}
+LM_VAL_EVERY=${LM_VAL_EVERY:-100}
+LM_VAL_BATCHES=${LM_VAL_BATCHES:-4}
 LM_COPY_FRACTION=${LM_COPY_FRACTION:-0}   # >0: also "text # text" documents (wordnet_text.py); 0.5 did worse
 
 # ---- SLAM state tuning ----
@@ -49,43 +59,69 @@ ASR_BSZ=${ASR_BSZ:-16}
 ASR_EPOCHS=${ASR_EPOCHS:-6}
 ASR_LR_STATE=${ASR_LR_STATE:-1.0}
 ASR_LR_ADAPTER=${ASR_LR_ADAPTER:-1e-3}
+ASR_LR_ADAPTER_FINAL=${ASR_LR_ADAPTER_FINAL:-1e-5}
+ASR_WARMUP=${ASR_WARMUP:-50}
 ASR_BEAM=${ASR_BEAM:-1}
 CONV_KERNEL=${CONV_KERNEL:-3}
 PARALLEL_RUNS=${PARALLEL_RUNS:-0}   # 1: train the three configurations at the same time
 PRECISION=${PRECISION:-auto}
 
-CORPUS=$DATA/corpus
-PACK=$DATA/corpus.tar
+CORPUS=${CORPUS:-$DATA/corpus}
+PACK=${PACK:-$DATA/corpus.tar}        # the corpus as one Opus archive, to carry it elsewhere
 LM_TEXT=${LM_TEXT:-$DATA/lm-text}
+
+case "$*" in
+  "") dry_run= ;;
+  --dry_run) dry_run=--dry_run ;;
+  *) echo "usage: sh demo/demo-asr-offline.sh [--dry_run] (settings: the variables at its top)" >&2
+     exit 2 ;;
+esac
+
+# A command that writes files (data, the encoder, a folder): run it, or in a dry run print it.
+run_or_print() {
+  if [ -n "$dry_run" ]; then echo "demo-asr-offline: dry run: would run: $*"; else "$@"; fi
+}
 
 ensure_corpus() {
   if [ -f "$CORPUS/meta.json" ]; then return; fi
   if [ ! -f "$PACK" ]; then
+    if [ -n "$dry_run" ]; then
+      echo "demo-asr-offline: dry run: no corpus in $CORPUS yet and no pack $PACK: the prepare stage makes them"
+      return
+    fi
     echo "demo-asr-offline: no corpus in $CORPUS and no pack $PACK: run STAGES=prepare first" >&2
     exit 1
   fi
-  python dataset2.py unpack --pack "$PACK" --out "$CORPUS" --no_progress
+  run_or_print python dataset2.py unpack --pack "$PACK" --out "$CORPUS" --no_progress
 }
 
 stage_prepare() {
-  python dataset2.py synth --out "$CORPUS" --train "$N_TRAIN" --dev "$N_DEV" \
+  run_or_print python dataset2.py synth --out "$CORPUS" --train "$N_TRAIN" --dev "$N_DEV" \
     --test_clean "$N_TEST_CLEAN" --test_other "$N_TEST_OTHER" --no_progress
-  [ -f "$PACK" ] || python dataset2.py pack --corpus "$CORPUS" --out "$PACK" --no_progress
-  [ -f "$LM_TEXT/train.idx" ] || python dataset2.py lmtext --corpus "$CORPUS" --out "$LM_TEXT" \
-    --copy_fraction "$LM_COPY_FRACTION"
+  [ -f "$PACK" ] || run_or_print python dataset2.py pack --corpus "$CORPUS" --out "$PACK" \
+    --no_progress
+  [ -f "$LM_TEXT/train.idx" ] || run_or_print python dataset2.py lmtext --corpus "$CORPUS" \
+    --out "$LM_TEXT" --copy_fraction "$LM_COPY_FRACTION"
 }
 
 stage_encoder() {
   if [ -f "$RUN_DIR/encoder/ctc_results.json" ]; then echo "encoder: $RUN_DIR/encoder exists, kept"; return; fi
   ensure_corpus
-  rm -rf "$RUN_DIR/encoder"
-  python -m conrwkv.asr.ctc_encoder --train_data "$CORPUS/train" \
+  run_or_print rm -rf "$RUN_DIR/encoder"   # what a stopped run left (no ctc_results.json yet)
+  run_or_print python -m conrwkv.asr.ctc_encoder --train_data "$CORPUS/train" \
     --eval_data "$CORPUS/dev,$CORPUS/test-clean,$CORPUS/test-other" --out "$RUN_DIR/encoder" \
     --steps "$ENC_STEPS" --batch_size "$ENC_BATCH" --lr "$ENC_LR" --time_limit "$ENC_TIME_LIMIT" \
     --no_progress
 }
 
-lm_weights() { ls "$RUN_DIR"/lm/rwkv-step*.pth 2>/dev/null | tail -n 1; }
+# The newest LM weights; in a dry run before the lm stage, the file it will write.
+lm_weights() {
+  found=$(ls "$RUN_DIR"/lm/rwkv-step*.pth 2>/dev/null | tail -n 1)
+  if [ -z "$found" ] && [ -n "$dry_run" ]; then
+    found=$RUN_DIR/lm/rwkv-step$(printf %06d "$LM_STEPS").pth
+  fi
+  echo "$found"
+}
 
 # file, then a command: show the command's output as it comes and keep it in the file (only when
 # the command succeeds), and fail when it fails. `command | tee file` would have tee's exit status,
@@ -100,33 +136,36 @@ tee_to() {
 }
 
 stage_lm() {
-  if [ -n "$(lm_weights)" ]; then echo "lm: $(lm_weights) exists, kept"; return; fi
+  if [ -f "$(lm_weights)" ]; then echo "lm: $(lm_weights) exists, kept"; return; fi
+  # --devices 1: every stage is sized for one GPU (PARALLEL_RUNS shares it between runs)
   python train.py --task lm --op train --data_file "$LM_TEXT/train" --val_file "$LM_TEXT/val" \
-    --n_layer "$LM_LAYERS" --n_embd "$LM_EMBD" --head_size 64 --ctx_len "$LM_CTX" \
-    --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final 1e-4 \
-    --warmup_steps 50 --val_every 100 --val_batches 4 --precision "$PRECISION" \
-    --devices 1 --proj_dir "$RUN_DIR/lm"
+    --n_layer "$LM_LAYERS" --n_embd "$LM_EMBD" --head_size "$LM_HEAD_SIZE" --ctx_len "$LM_CTX" \
+    --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final "$LM_LR_FINAL" \
+    --warmup_steps "$LM_WARMUP" --val_every "$LM_VAL_EVERY" --val_batches "$LM_VAL_BATCHES" \
+    --precision "$PRECISION" --devices 1 --proj_dir "$RUN_DIR/lm" $dry_run
 }
 
-# name, then extra flags
+# name, then the training flags of this configuration
 slam_run() {
   name=$1; shift
   python train.py --task asr --op train --load_model "$(lm_weights)" --encoder "$RUN_DIR/encoder" \
     --data_file "$CORPUS/train" --val_file "$CORPUS/dev" --micro_bsz "$ASR_BSZ" --epochs "$ASR_EPOCHS" \
-    --lr_state_init "$ASR_LR_STATE" --lr_init "$ASR_LR_ADAPTER" --lr_final 1e-5 --warmup_steps 50 \
-    --precision "$PRECISION" --devices 1 --proj_dir "$RUN_DIR/slam-$name" "$@"
-  python train.py --task asr --op eval --load_model "$(lm_weights)" --encoder "$RUN_DIR/encoder" \
-    --eval_data "$CORPUS/test-clean,$CORPUS/test-other" --micro_bsz "$ASR_BSZ" --beam "$ASR_BEAM" \
-    --precision "$PRECISION" --devices 1 --proj_dir "$RUN_DIR/slam-$name" "$@"
+    --lr_state_init "$ASR_LR_STATE" --lr_init "$ASR_LR_ADAPTER" --lr_final "$ASR_LR_ADAPTER_FINAL" \
+    --warmup_steps "$ASR_WARMUP" --precision "$PRECISION" --devices 1 \
+    --proj_dir "$RUN_DIR/slam-$name" $dry_run "$@"
+  # eval rebuilds the model (LLM, encoder, conv) from the record training wrote beside the weights
+  python train.py --task asr --op eval --eval_data "$CORPUS/test-clean,$CORPUS/test-other" \
+    --micro_bsz "$ASR_BSZ" --beam "$ASR_BEAM" --precision "$PRECISION" \
+    --proj_dir "$RUN_DIR/slam-$name" $dry_run
 }
 
 stage_slam() {
   ensure_corpus
-  if [ -z "$(lm_weights)" ] || [ ! -f "$RUN_DIR/encoder/config.json" ]; then
+  if [ -z "$dry_run" ] && { [ -z "$(lm_weights)" ] || [ ! -f "$RUN_DIR/encoder/config.json" ]; }; then
     echo "demo-asr-offline: the slam stage needs the encoder and lm stages first" >&2
     exit 1
   fi
-  if [ "$PARALLEL_RUNS" = 1 ]; then
+  if [ "$PARALLEL_RUNS" = 1 ] && [ -z "$dry_run" ]; then   # (a dry run writes no logs)
     slam_run projector --no-train_state > "$RUN_DIR/slam-projector.log" 2>&1 & p1=$!
     slam_run state > "$RUN_DIR/slam-state.log" 2>&1 & p2=$!
     slam_run state-conv --conv_kernel "$CONV_KERNEL" > "$RUN_DIR/slam-state-conv.log" 2>&1 & p3=$!
@@ -141,6 +180,10 @@ stage_slam() {
     slam_run state
     slam_run state-conv --conv_kernel "$CONV_KERNEL"
   fi
+  if [ -n "$dry_run" ]; then
+    echo "demo-asr-offline: dry run: would tabulate the three runs into $RUN_DIR/ablation.md and .json"
+    return
+  fi
   tee_to "$RUN_DIR/ablation.md" python -m conrwkv.asr.ablation \
     --run "projector only=$RUN_DIR/slam-projector" \
     --run "projector + state=$RUN_DIR/slam-state" \
@@ -148,7 +191,7 @@ stage_slam() {
     --json "$RUN_DIR/ablation.json"
 }
 
-mkdir -p "$RUN_DIR"
+run_or_print mkdir -p "$RUN_DIR"
 for stage in $STAGES; do
   case $stage in
     prepare|encoder|lm|slam) "stage_$stage" ;;

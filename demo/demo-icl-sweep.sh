@@ -9,21 +9,25 @@
 # Resumable: finished runs are not repeated.
 # Output: $OUT/sweep.md (table), $OUT/sweep.png (heatmap), $OUT/sweep.json, $OUT/runs/*.
 #
-# Usage:  sh demo/demo-icl-sweep.sh [extra flags of python -m conrwkv.lm.sweep]
+# Usage:  sh demo/demo-icl-sweep.sh [extra flags of python -m conrwkv.lm.sweep, e.g. --dry_run]
+#         STEPS=50 ORDERS=1 sh demo/demo-icl-sweep.sh   (every variable below can be edited
+#                                                        here or set in the environment)
+# --dry_run prints the data folders and every run's train.py command (JSON; each command is
+# checked against train.py's flags) and makes or trains nothing.
 set -eu
 
-ORDERS="1 2 3 4"
-KERNELS="0 2 3 4 5 6"     # 0 = no conv (token shift alone)
-DEPTHS="1 2"
-STEPS=1500
-MICRO_BSZ=32
-N_EMBD=64
-SEQ_LEN=513               # 512 predictions per chain
-N_TRAIN=50000
-PARALLEL=12               # runs on the GPU at the same time (small models leave it idle)
-OUT=output/icl-sweep
+ORDERS=${ORDERS:-1 2 3 4}
+KERNELS=${KERNELS:-0 2 3 4 5 6}   # 0 = no conv (token shift alone)
+DEPTHS=${DEPTHS:-1 2}
+STEPS=${STEPS:-1500}
+M_BSZ=${M_BSZ:-32}                # chains per step (the name of demo-training-run.sh)
+N_EMBD=${N_EMBD:-64}
+SEQ_LEN=${SEQ_LEN:-513}           # 512 predictions per chain
+N_TRAIN=${N_TRAIN:-50000}
+PARALLEL=${PARALLEL:-12}          # runs on the GPU at the same time (small models leave it idle)
+OUT=${OUT:-output/icl-sweep}
 
 # shellcheck disable=SC2086  # the grids are meant to split into words
 python -m conrwkv.lm.sweep --orders $ORDERS --kernels $KERNELS --depths $DEPTHS \
-  --steps "$STEPS" --micro-bsz "$MICRO_BSZ" --n-embd "$N_EMBD" --seq-len "$SEQ_LEN" \
+  --steps "$STEPS" --micro-bsz "$M_BSZ" --n-embd "$N_EMBD" --seq-len "$SEQ_LEN" \
   --n-train "$N_TRAIN" --parallel "$PARALLEL" --out "$OUT" "$@"

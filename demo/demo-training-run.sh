@@ -7,49 +7,69 @@
 # For the order x kernel sweep on a GPU see demo/demo-icl-sweep.sh.
 #
 # Usage:  sh demo/demo-training-run.sh [extra train.py flags, e.g. --dry_run or --max_steps 50]
+#         N_LAYER=4 CONV_KERNEL=3 sh demo/demo-training-run.sh   (every variable below can be
+#                                                  edited here or set in the environment)
+# --dry_run prints what train.py will use (JSON) and makes no data.
 # Output: $PROJ_DIR/rwkv-step*.pth (official layout), *-icl.json / *-icl.png (loss by
 #         position against Bayes-optimal, oracle and lower-order estimators), logs/, tb/.
+# The upper-case names are RWKV-LM's (demo-training-run.sh) where one applies here.
 set -eu
 
 # ---- data: k-th order binary Markov chains (datanew.py) ----
-ORDER=1             # Markov order k
-BETA=1              # Dirichlet(beta) prior of each transition probability
-SEQ_LEN=513         # symbols per chain (512 predictions, as in docs/reference.md, "Expected losses")
-N_TRAIN=20000       # training chains
-N_VAL=500           # validation chains (their Bayes-optimal loss is computed exactly)
-DATA_SEED=0
+ORDER=${ORDER:-1}               # Markov order k
+BETA=${BETA:-1}                 # Dirichlet(beta) prior of each transition probability
+SEQ_LEN=${SEQ_LEN:-513}         # symbols per chain (512 predictions, docs/reference.md, "Expected losses")
+N_TRAIN=${N_TRAIN:-20000}       # training chains
+N_VAL=${N_VAL:-500}             # validation chains (their Bayes-optimal loss is computed exactly)
+DATA_SEED=${DATA_SEED:-0}
+DATA=${DATA:-}                  # the data folder (empty: datanew.py's folder named by the values above)
 
 # ---- model ----
-N_LAYER=2
-N_EMBD=64
-HEAD_SIZE=16        # WKV head size (official models use 64)
-CONV_KERNEL=2       # Con-RWKV causal conv kernel (0 = off); the claim under test: >= ORDER+1
+MODEL_TYPE=${MODEL_TYPE:-x060}  # x060: RWKV-6; x052: RWKV-5.2 (RWKV-LM's x070 is not implemented)
+N_LAYER=${N_LAYER:-2}
+N_EMBD=${N_EMBD:-64}
+HEAD_SIZE=${HEAD_SIZE:-16}      # WKV head size (official models use 64)
+CONV_KERNEL=${CONV_KERNEL:-2}   # Con-RWKV causal conv kernel (0 = off); the claim under test: >= ORDER+1
 
 # ---- training ----
-CTX_LEN=512         # tokens per sample (chains are sampled whole, one per sample)
-MICRO_BSZ=16        # chains per device per step
-STEPS=500
-LR_INIT=3e-3
-LR_FINAL=3e-4
-WARMUP=20
-DEVICES=auto        # GPUs per node (auto: all, or one CPU process)
-PRECISION=auto      # auto: bf16-mixed on GPU, 32-true on CPU
-STRATEGY=auto       # auto | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3
+CTX_LEN=${CTX_LEN:-512}         # tokens per sample (chains are sampled whole, one per sample)
+M_BSZ=${M_BSZ:-${MICRO_BSZ:-16}}  # chains per device per step (MICRO_BSZ: this script's former name)
+STEPS=${STEPS:-500}             # optimizer steps (RWKV-LM counts epochs; a run here is short)
+LR_INIT=${LR_INIT:-3e-3}
+LR_FINAL=${LR_FINAL:-3e-4}
+WARMUP=${WARMUP:-20}            # warmup steps
+GRAD_CP=${GRAD_CP:-0}           # 1: gradient checkpointing (slower, less memory)
+VAL_EVERY=${VAL_EVERY:-100}     # validate every this many steps
+VAL_BATCHES=${VAL_BATCHES:-8}   # batches per validation (0: the whole validation set)
+N_NODE=${N_NODE:-1}             # machines
+GPU_PER_NODE=${GPU_PER_NODE:-${DEVICES:-auto}}  # auto: all GPUs, or one CPU process (DEVICES: former name)
+PRECISION=${PRECISION:-auto}    # auto: bf16-mixed on GPU, 32-true on CPU
+STRATEGY=${STRATEGY:-auto}      # auto | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3
 # One run per folder: a rerun resumes it exactly (raise STEPS to extend it); other settings are
 # refused with the list of differences, so a changed experiment needs another PROJ_DIR.
-PROJ_DIR=output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}
+PROJ_DIR=${PROJ_DIR:-output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}}
 
-DATA=$(python datanew.py --order "$ORDER" --beta "$BETA" --seq-len "$SEQ_LEN" \
-       --n-train "$N_TRAIN" --n-val "$N_VAL" --seed "$DATA_SEED" --print-folder)
-case " $* " in
-  *" --dry_run "*) ;;                         # a dry run only prints the configuration
-  *) python datanew.py --order "$ORDER" --beta "$BETA" --seq-len "$SEQ_LEN" \
-       --n-train "$N_TRAIN" --n-val "$N_VAL" --seed "$DATA_SEED" --out "$DATA" ;;
+case $GRAD_CP in
+  0) grad_cp=--no-grad_cp ;;
+  1) grad_cp=--grad_cp ;;
+  *) echo "demo-training-run: GRAD_CP must be 0 or 1, got $GRAD_CP" >&2; exit 2 ;;
 esac
 
-python train.py --task lm --op train --data_file "$DATA" --vocab_size 2 \
+# datanew.py with the data settings, then its other flags
+markov_data() {
+  python datanew.py --order "$ORDER" --beta "$BETA" --seq-len "$SEQ_LEN" --n-train "$N_TRAIN" \
+    --n-val "$N_VAL" --seed "$DATA_SEED" "$@"
+}
+DATA=${DATA:-$(markov_data --print-folder)}
+case " $* " in
+  *" --dry_run "*) ;;                         # a dry run only prints the configuration
+  *) markov_data --out "$DATA" ;;             # an existing complete folder is reused as it is
+esac
+
+python train.py --task lm --op train --data_file "$DATA" --vocab_size 2 --arch "$MODEL_TYPE" \
   --n_layer "$N_LAYER" --n_embd "$N_EMBD" --head_size "$HEAD_SIZE" --conv_kernel "$CONV_KERNEL" \
-  --ctx_len "$CTX_LEN" --micro_bsz "$MICRO_BSZ" --max_steps "$STEPS" \
-  --lr_init "$LR_INIT" --lr_final "$LR_FINAL" --warmup_steps "$WARMUP" \
-  --devices "$DEVICES" --precision "$PRECISION" --strategy "$STRATEGY" \
-  --proj_dir "$PROJ_DIR" --val_every 100 --val_batches 8 "$@"
+  --ctx_len "$CTX_LEN" --micro_bsz "$M_BSZ" --max_steps "$STEPS" \
+  --lr_init "$LR_INIT" --lr_final "$LR_FINAL" --warmup_steps "$WARMUP" "$grad_cp" \
+  --val_every "$VAL_EVERY" --val_batches "$VAL_BATCHES" --num_nodes "$N_NODE" \
+  --devices "$GPU_PER_NODE" --precision "$PRECISION" --strategy "$STRATEGY" \
+  --proj_dir "$PROJ_DIR" "$@"

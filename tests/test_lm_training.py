@@ -96,15 +96,6 @@ def run(cmd, **kw):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
 
 
-def test_demo_dry_run_parses_and_resolves():
-    out = run(["bash", "demo/demo-training-run.sh", "--dry_run", "--max_steps", "7"])
-    assert out.returncode == 0, out.stderr
-    config = json.loads(out.stdout)
-    assert config["task"] == "lm" and config["model"]["conv_kernel"] == 2
-    assert config["model"]["vocab_size"] == 2 and config["train"]["max_steps"] == 7
-    assert "markov-binidx/k1-beta1-len513" in config["train"]["data_file"]
-
-
 def test_bad_flags_give_clear_errors(tmp_path):
     out = run([sys.executable, "train.py", "--task", "lm", "--op", "predict"])
     assert out.returncode == 2 and "argument --op: invalid choice: 'predict'" in out.stderr

@@ -17,6 +17,7 @@ repeated, so an interrupted sweep continues where it stopped. Results: <out>/swe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -70,6 +71,25 @@ def run_one(args, data: Path, order: int, kernel: int, depth: int) -> dict:
         result = find_result(run_dir)
         result["wall_s"] = time.time() - start
     return {"order": order, "kernel": kernel, "depth": depth, **result}
+
+
+def dry_run(args, data: dict, grid: list) -> dict:
+    """What the sweep would do, for --dry_run: the data folders and each run's train.py command
+    with whether its result exists (then it is kept). Every command is parsed by train.py's own
+    parser, so a flag train.py does not offer fails here, without the seconds of a train.py
+    process per run."""
+    from ..cli import build_parser
+
+    parser = build_parser("lm", "train")
+    runs = []
+    for order, kernel, depth in grid:
+        run_dir = Path(args.out) / "runs" / run_name(order, kernel, depth)
+        command = train_command(args, data[order], run_dir, kernel, depth)
+        parser.parse_args(command[2:])
+        runs.append({"name": run_name(order, kernel, depth), "done": find_result(run_dir) is not None,
+                     "command": command})
+    return {"sweep": vars(args), "data": {order: str(folder) for order, folder in data.items()},
+            "runs": runs}
 
 
 def make_table(rows: list[dict], kernels: list[int]) -> str:
@@ -150,6 +170,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads-per-run", type=int, default=0,
                    help="CPU threads of each run (0: the machine's cores / --parallel).")
     p.add_argument("--out", default="output/icl-sweep", help="Output folder.")
+    p.add_argument("--dry-run", "--dry_run", action="store_true",
+                   help="Print the data folders and every run's train.py command (checked against "
+                        "train.py's flags) as JSON, and exit: nothing is made or trained. "
+                        "--dry_run is the spelling train.py and the demos use.")
     args = p.parse_args(argv)
     if args.threads_per_run <= 0:
         args.threads_per_run = max(1, (os.cpu_count() or 1) // args.parallel)
@@ -159,8 +183,14 @@ def main(argv=None) -> int:
         params = MarkovDataParams(order=order, beta=args.beta, seq_len=args.seq_len,
                                   n_train=args.n_train, n_val=args.n_val, seed=args.seed)
         data[order] = params.default_folder(out / "data")
-        write_markov_dataset(data[order], params)
+        if args.dry_run:
+            params.validate()                   # what writing the data would check first
+        else:
+            write_markov_dataset(data[order], params)
     grid = [(k, K, d) for d in args.depths for k in args.orders for K in args.kernels]
+    if args.dry_run:
+        print(json.dumps(dry_run(args, data, grid), indent=2))
+        return 0
     start = time.time()
     rows = []
 

@@ -1,0 +1,204 @@
+"""The demo scripts, run under sh (dash on Debian) as a user runs them.
+
+Every demo/*.sh is found by a glob and dry-run (`--dry_run`): it must exit 0, print what train.py
+(or the sweep) will use as JSON, and write no file. Each dry run runs in a copy of the scripts, so
+whatever it wrote would show there, and they all run at once: a train.py process spends most of
+its seconds importing. The state-tuning demo is dry-run with OP=all (its train, eval and predict)
+and OP=merge, so every op's flags meet train.py's parser for that op. Then, with a stand-in for
+python, which calls a demo makes and what it does when one fails.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMOS = sorted(p.name for p in (ROOT / "demo").glob("*.sh"))
+PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"   # python: this venv's
+
+# name: (demo, its environment, its extra arguments after --dry_run). Every demo has a case of its
+# own name; the settings given are there to show that the environment and extra flags reach train.py.
+DRY_RUNS = {name: (name, {}, []) for name in DEMOS}
+DRY_RUNS["demo-training-run.sh"] = ("demo-training-run.sh", {"MICRO_BSZ": "4"}, ["--max_steps", "7"])
+DRY_RUNS["demo-state-tuning.sh"] = ("demo-state-tuning.sh", {"conv": "1", "n_embed": "64"}, [])
+DRY_RUNS["demo-state-tuning.sh OP=merge"] = ("demo-state-tuning.sh", {"OP": "merge", "merge_out": "m.pth"},
+                                              [])
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """name -> (exit status, stdout, stderr, the files the run added to its copy)."""
+    started = {}
+    for name, (demo, env, args) in DRY_RUNS.items():
+        copy = tmp_path_factory.mktemp("demo")
+        shutil.copytree(ROOT / "demo", copy / "demo")
+        for script in ROOT.glob("*.py"):                # train.py, datanew.py, dataset2.py
+            shutil.copy(script, copy)
+        before = files_under(copy)
+        proc = subprocess.Popen(["sh", f"demo/{demo}", "--dry_run", *args], cwd=copy, text=True,
+                                env={**os.environ, "PATH": PATH, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started[name] = (proc, copy, before)
+    results = {}
+    for name, (proc, copy, before) in started.items():
+        out, err = proc.communicate(timeout=600)
+        results[name] = (proc.returncode, out, err, files_under(copy) - before)
+    return results
+
+
+def printed_json(stdout: str) -> list[dict]:
+    """The JSON objects among a demo's output lines: train.py prints each with indent=2, so each
+    begins at a line that is only "{" (a nested one's line is indented)."""
+    decoder, at, found = json.JSONDecoder(), 0, []
+    for line in stdout.splitlines(keepends=True):
+        if line.rstrip("\n") == "{":
+            found.append(decoder.raw_decode(stdout, at)[0])
+        at += len(line)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(DRY_RUNS))
+def test_every_demo_dry_runs_prints_json_and_writes_nothing(dry_runs, name):
+    status, out, err, written = dry_runs[name]
+    assert status == 0, err
+    assert printed_json(out)
+    assert not written
+
+
+def test_the_icl_demo_passes_its_settings_and_extra_flags(dry_runs):
+    (plan,) = printed_json(dry_runs["demo-training-run.sh"][1])
+    assert plan["task"] == "lm" and plan["op"] == "train"
+    assert plan["flags"]["model"]["conv_kernel"] == 2 and plan["model"]["conv_kernel"] == 2
+    assert plan["flags"]["train"]["max_steps"] == 7                  # the extra flag wins
+    assert plan["flags"]["train"]["micro_bsz"] == 4                  # MICRO_BSZ: the former name
+    assert plan["flags"]["train"]["proj_dir"] == "output/icl-k1-conv2-L2"
+    assert "markov-binidx/k1-beta1-len513" in plan["flags"]["train"]["data_file"]
+    assert plan["data"]["note"].startswith("not there yet")         # the dry run made no data
+
+
+def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):
+    (plan,) = printed_json(dry_runs["demo-icl-sweep.sh"][1])
+    assert len(plan["runs"]) == 4 * 6 * 2 and not any(run["done"] for run in plan["runs"])
+    run = next(r for r in plan["runs"] if r["name"] == "k3-conv4-L2")
+    flags = run["command"][2:]                                        # after python train.py
+    assert flags[flags.index("--conv_kernel") + 1] == "4" and flags[flags.index("--n_layer") + 1] == "2"
+    assert plan["data"]["3"] in flags
+
+
+def test_the_state_tuning_demo_gives_each_op_only_its_flags(dry_runs):
+    train, evaluate, predict = printed_json(dry_runs["demo-state-tuning.sh"][1])
+    assert [p["op"] for p in (train, evaluate, predict)] == ["train", "eval", "predict"]
+    assert train["flags"]["asr"]["encoder"] == "data/asr-smoke/models/encoder"
+    assert train["flags"]["train"]["epochs"] == 8                     # the smoke's epochs
+    assert train["flags"]["train"]["proj_dir"] == "output/asr-smoke"
+    assert train["flags"]["model"]["conv_kernel"] == 5                # conv=1: the seed's kernel
+    assert train["flags"]["model"]["n_embd"] == 64                    # n_embed: the seed's spelling
+    assert train["flags"]["train"]["strategy"] == "auto"
+    assert evaluate["flags"]["asr"]["eval_data"] == ("data/asr-smoke/corpus/test-clean,"
+                                                      "data/asr-smoke/corpus/test-other")
+    assert predict["flags"]["asr"]["audio"] == "data/asr-smoke/corpus/test-other"
+    (merge,) = printed_json(dry_runs["demo-state-tuning.sh OP=merge"][1])
+    assert merge["op"] == "merge" and merge["flags"]["asr"]["merge_out"] == "m.pth"
+    for plan in (evaluate, predict, merge):
+        assert plan["flags"]["train"]["proj_dir"] == "output/asr-smoke"
+        assert "epochs" not in plan["flags"]["train"] and "conv_kernel" not in plan["flags"]["model"]
+        assert plan["flags"]["train"]["load_model"] == "" and plan["flags"]["asr"]["encoder"] == ""
+        assert plan["weights"].startswith("none yet")               # the dry run trained nothing
+
+
+def test_the_offline_demo_dry_runs_every_train_py_call_and_prints_the_rest(dry_runs):
+    out = dry_runs["demo-asr-offline.sh"][1]
+    plans = printed_json(out)
+    slam = [("asr", "train"), ("asr", "eval")]
+    assert [(p["task"], p["op"]) for p in plans] == [("lm", "train"), *slam, *slam, *slam]
+    assert plans[0]["flags"]["model"]["n_layer"] == 6
+    trains = {Path(p["flags"]["train"]["proj_dir"]).name: p for p in plans[1::2]}
+    assert not trains["slam-projector"]["flags"]["asr"]["train_state"]
+    assert trains["slam-state-conv"]["flags"]["model"]["conv_kernel"] == 3
+    assert trains["slam-state"]["flags"]["train"]["load_model"] == "output/asr-offline/lm/rwkv-step000600.pth"
+    for evaluate in plans[2::2]:
+        assert "epochs" not in evaluate["flags"]["train"] and "conv_kernel" not in evaluate["flags"]["model"]
+    assert "would run: python dataset2.py synth --out data/asr-offline/corpus" in out
+    assert "would run: python -m conrwkv.asr.ctc_encoder" in out
+
+
+# Stands in for python on PATH: each call's arguments go to $CALLS; "training" succeeds at once;
+# the ablation table prints a line and exits with $ABLATION_STATUS, so a script's handling of the
+# calls and their failures is tested without any real work.
+FAKE_PYTHON = """#!/bin/sh
+echo "$*" >> "$CALLS"
+case " $* " in
+  *" train.py "*) exit 0 ;;
+  *" conrwkv.asr.ablation "*) echo "| configuration | test-clean WER |"; exit "$ABLATION_STATUS" ;;
+esac
+echo "unexpected python call: $*" >&2; exit 99
+"""
+
+
+def run_with_fake_python(tmp_path: Path, demo: str, env: dict) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "CALLS": str(tmp_path / "calls"), **env}
+    return subprocess.run(["sh", f"demo/{demo}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def calls(tmp_path: Path) -> list[str]:
+    return (tmp_path / "calls").read_text().splitlines()
+
+
+@pytest.mark.parametrize(("op", "predict_audio", "ops"), [
+    ("all", "a.flac", ["train", "eval", "predict"]),
+    ("all", "", ["train", "eval"]),                     # nothing to transcribe: predict is skipped
+    ("predict", "a.flac", ["predict"]),
+])
+def test_state_tuning_runs_the_ops_of_OP(tmp_path, op, predict_audio, ops):
+    out = run_with_fake_python(tmp_path, "demo-state-tuning.sh", {
+        "OP": op, "predict_audio": predict_audio, "load_model": "llm.pth", "proj_dir": str(tmp_path / "run")})
+    assert out.returncode == 0, out.stderr
+    assert [call.split()[call.split().index("--op") + 1] for call in calls(tmp_path)] == ops
+
+
+def test_state_tuning_refuses_an_unknown_OP(tmp_path):
+    out = run_with_fake_python(tmp_path, "demo-state-tuning.sh", {"OP": "evaluate", "load_model": "llm.pth"})
+    assert out.returncode == 2 and "OP must be train, eval, predict, merge or all, got evaluate" in out.stderr
+    assert not (tmp_path / "calls").exists()
+
+
+def run_slam_stage(tmp_path: Path, ablation_status: int) -> subprocess.CompletedProcess:
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "corpus").mkdir(parents=True, exist_ok=True)
+    (data / "corpus" / "meta.json").write_text("{}")
+    (runs / "lm").mkdir(parents=True, exist_ok=True)
+    (runs / "lm" / "rwkv-step000010.pth").write_bytes(b"")
+    (runs / "encoder").mkdir(exist_ok=True)
+    (runs / "encoder" / "config.json").write_text("{}")
+    return run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
+        "STAGES": "slam", "DATA": str(data), "RUN_DIR": str(runs), "ABLATION_STATUS": str(ablation_status)})
+
+
+def test_a_failing_ablation_fails_the_offline_demo_and_leaves_no_table(tmp_path):
+    out = run_slam_stage(tmp_path, ablation_status=3)
+    assert out.returncode == 3, out.stderr
+    assert "| configuration | test-clean WER |" in out.stdout          # still shown as it came
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["encoder", "lm"]
+
+
+def test_a_passing_ablation_keeps_its_table(tmp_path):
+    out = run_slam_stage(tmp_path, ablation_status=0)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "runs" / "ablation.md").read_text() == "| configuration | test-clean WER |\n"
+    assert out.stdout.endswith("| configuration | test-clean WER |\n")
+    assert len(calls(tmp_path)) == 3 * 2 + 1             # train and eval of each run, the table
