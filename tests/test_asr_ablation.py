@@ -13,7 +13,7 @@ import pytest
 from conrwkv.asr.ablation import format_table, main, run_row
 from conrwkv.eval.wer import score_all, split_summary
 from conrwkv.io import atomic_json_save
-from conrwkv.train.checkpoint import weights_path
+from conrwkv.train.step_files import weights_path
 
 REFS = ["the cat sat on the mat", "and so on", "northanger abbey"]
 

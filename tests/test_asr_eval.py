@@ -17,7 +17,7 @@ from conrwkv.asr import run as run_asr
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
 from conrwkv.io import atomic_torch_save
-from conrwkv.train.checkpoint import weights_path
+from conrwkv.train.step_files import weights_path
 
 N = len(LIBRISPEECH_UTTERANCES)
 

@@ -89,7 +89,7 @@ def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):
     (plan,) = printed_json(dry_runs["demo-icl-sweep.sh"][1])
     assert len(plan["runs"]) == 4 * 6 * 2 and not any(run["done"] for run in plan["runs"])
     run = next(r for r in plan["runs"] if r["name"] == "k3-conv4-L2")
-    flags = run["command"][2:]                                        # after python train.py
+    flags = run["command"][3:]                                        # after python -m conrwkv
     assert flags[flags.index("--conv_kernel") + 1] == "4" and flags[flags.index("--n_layer") + 1] == "2"
     assert plan["data"]["3"] in flags
 

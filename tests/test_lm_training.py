@@ -14,8 +14,8 @@ from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.lm.module import LMModule
 from conrwkv.lm.run import eval_lm, train_lm
 from conrwkv.model import RWKV6
-from conrwkv.train.checkpoint import resume_checkpoints
 from conrwkv.train.schedule import lr_factor
+from conrwkv.train.step_files import resume_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -48,34 +48,34 @@ class Command:
 
 COMMANDS = {
     ("lm", "train"): Command(
-        "conrwkv.lm.run:train_lm", "conrwkv.lm.run:plan_train_lm",
+        "conrwkv.lm.run:train_lm", "conrwkv.lm.plan:plan_train_lm",
         "train a language model from scratch or from --load_model; on a datanew.py folder, end with "
         "the in-context-learning evaluation against the Bayes-optimal estimator",
         model=tuple(f.name for f in fields(ModelConfig)), train=_TRAINING),
     ("lm", "eval"): Command(
-        "conrwkv.lm.run:eval_lm", "conrwkv.lm.run:plan_eval_lm",
+        "conrwkv.lm.run:eval_lm", "conrwkv.lm.plan:plan_eval_lm",
         "the in-context-learning evaluation of --load_model or the newest weights in --proj_dir",
         model=("wkv_backend",),
         train=("proj_dir", "data_file", "ctx_len", "micro_bsz", "accelerator", "load_model")),
     ("asr", "train"): Command(
-        "conrwkv.asr.run:train_asr", "conrwkv.asr.run:plan_train_asr",
+        "conrwkv.asr.run:train_asr", "conrwkv.asr.plan:plan_train_asr",
         "state-tune a frozen RWKV World model (--load_model) behind a frozen speech encoder",
         model=("n_layer", "n_embd", "conv_kernel", "wkv_backend", "grad_cp"),
         train=tuple(n for n in _TRAINING if n not in ("data_type", "ctx_len")), asr=_ASR_TRAINING),
     ("asr", "eval"): Command(
-        "conrwkv.asr.run:eval_asr", "conrwkv.asr.run:plan_trained_asr",
+        "conrwkv.asr.run:eval_asr", "conrwkv.asr.plan:plan_trained_asr",
         "corpus WER of the trained weights on --eval_data (default --val_file), under the "
         "project's and Whisper's normalisers, into a new eval-* folder",
         model=("wkv_backend",),
         train=("proj_dir", "val_file", "micro_bsz", "accelerator", "precision", "load_model"),
         asr=(*_DECODING, "eval_data", "eval_max_duration")),
     ("asr", "predict"): Command(
-        "conrwkv.asr.run:predict_asr", "conrwkv.asr.run:plan_trained_asr",
+        "conrwkv.asr.run:predict_asr", "conrwkv.asr.plan:plan_trained_asr",
         "transcribe the --audio files and folders with the trained weights",
         model=("wkv_backend",), train=("proj_dir", "micro_bsz", "accelerator", "precision", "load_model"),
         asr=(*_DECODING, "audio")),
     ("asr", "merge"): Command(
-        "conrwkv.asr.run:merge_asr", "conrwkv.asr.run:plan_trained_asr",
+        "conrwkv.asr.run:merge_asr", "conrwkv.asr.plan:plan_trained_asr",
         "write the LLM with its trained initial states (and conv) as one official .pth",
         model=(), train=("proj_dir", "accelerator", "precision", "load_model"),
         asr=("encoder", "asr_weights", "merge_out")),
@@ -93,8 +93,10 @@ def build_parser(task: str, op: str) -> argparse.ArgumentParser:
     from .train.flags import add_dataclass_flags
 
     command = COMMANDS[task, op]
+    # No abbreviations: `--dry` must not pass for --dry_run where the demos look for the full name.
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="train.py", allow_abbrev=False, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"--task {task} --op {op}: {command.help}.")
     parser.add_argument("--task", choices=list(TASKS), default="lm", help="; ".join(
         f"{name}: {what}" for name, what in TASKS.items()) + " (default: lm)")
@@ -111,7 +113,7 @@ def build_parser(task: str, op: str) -> argparse.ArgumentParser:
 
 
 def _command_of(argv: list[str]) -> tuple[str, str]:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--task", default="lm")
     pre.add_argument("--op", default="train")
     known = pre.parse_known_args(argv)[0]
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(take(AsrConfig, args)[0])
     try:
         if args.dry_run:
-            flags = {"model": {n: getattr(model_cfg, n) for n in command.model},
-                     "train": {n: getattr(train_cfg, n) for n in command.train}}
+            # The model flags as typed: the shape may come from a checkpoint (see "model"/"llm").
+            flags = {"model": model_given, "train": {n: getattr(train_cfg, n) for n in command.train}}
             if command.asr:
                 flags["asr"] = {n: getattr(configs[3], n) for n in command.asr}
             plan = {"task": args.task, "op": args.op, "flags": flags, **_function(command.plan)(*configs)}

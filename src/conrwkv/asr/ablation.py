@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 from ..io import atomic_json_save, read_json
-from ..train.checkpoint import latest_weights
-
-WEIGHTS_NAME = "asr"
+from ..train.step_files import latest_weights
+from .plan import WEIGHTS_NAME
 
 
 def eval_summary(label: str, weights: Path) -> Path:

@@ -7,7 +7,6 @@ training loader's position in the epoch is part of the resumable checkpoint (dat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -16,45 +15,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import TrainConfig
 from ..data.binidx import BinidxReader
-from ..data.markov import META_KEYS
 from ..data.resumable import ResumableLoader, ShardedBatchSampler
 from ..data.sampling import DocumentDataset, WindowDataset
-from ..io import read_json
-
-
-@dataclass(frozen=True)
-class LMData:
-    """What --data_file (and --val_file, --data_type) name, resolved once per run."""
-
-    train: Path                    # binidx prefix
-    val: Path | None
-    kind: str                      # "windows" or "documents"
-    markov_folder: Path | None     # a datanew.py folder: the Bayes references live there
-
-
-def resolve_lm_data(cfg: TrainConfig) -> LMData:
-    if not cfg.data_file:
-        raise ValueError("--data_file is required: a binidx prefix or a datanew.py folder")
-    data = Path(cfg.data_file)
-    meta = None
-    if data.is_dir():
-        if not (data / "meta.json").is_file():
-            raise ValueError(f"{data} is a folder without meta.json: pass a binidx prefix "
-                             f"(path/name for path/name.bin + .idx) or a datanew.py folder")
-        meta = read_json(data / "meta.json", "Markov data meta.json", META_KEYS)
-        train, val = data / "train", data / "val"
-    else:
-        train = Path(str(data).removesuffix(".bin").removesuffix(".idx"))
-        val = None
-    if cfg.val_file:
-        val = Path(str(cfg.val_file).removesuffix(".bin").removesuffix(".idx"))
-    kind = cfg.data_type if cfg.data_type != "auto" else ("documents" if meta else "windows")
-    if meta and kind == "windows":
-        raise ValueError(f"--data_type windows on the datanew.py folder {data}: a window would run "
-                         f"across chains with different transition tables, and the Bayes-optimal "
-                         f"reference (val/gap, the ICL evaluation) is per chain; use --data_type "
-                         f"documents (the default for such a folder)")
-    return LMData(train, val, kind, data if meta else None)
+from .plan import LMData, resolve_lm_data
 
 
 class LMDataModule(L.LightningDataModule):

@@ -9,70 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..model import RWKV6
-from ..train.checkpoint import latest_weights
 from ..train.hardware import Hardware
+from ..train.step_files import latest_weights
 from ..train.trainer import fit, resolve_max_steps
-from .data import LMDataModule, resolve_lm_data
+from .data import LMDataModule
 from .icl_eval import evaluate_and_plot
 from .module import LMModule
+from .plan import WEIGHTS_NAME, resolve_lm_data, weights_to_evaluate
 
 log = logging.getLogger(__name__)
-WEIGHTS_NAME = "rwkv"
-
-
-def model_config(model_cfg: ModelConfig, model_given: dict, weights: str) -> ModelConfig:
-    """The model a run builds: the flags' shape from scratch, or the shape read off the weights
-    file with the typed flags checked against it or applied (what --dry_run prints)."""
-    if not weights:
-        return model_cfg
-    return RWKV6.config_from_checkpoint(weights, **model_given)
-
-
-def _weights_to_evaluate(train_cfg: TrainConfig) -> Path:
-    weights = train_cfg.load_model or latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
-    if not weights:
-        raise ValueError(f"nothing to evaluate: give --load_model, or train into --proj_dir "
-                         f"{train_cfg.proj_dir} first (no {WEIGHTS_NAME}-step*.pth there)")
-    return Path(weights)
-
-
-def _model_plan(model_cfg: ModelConfig, model_given: dict, weights: str) -> dict:
-    if weights and not Path(weights).is_file():
-        return {"from": weights, "note": "not there yet: its shape is read when the run starts"}
-    return {"from": weights or "scratch (official init)",
-            **dataclasses.asdict(model_config(model_cfg, model_given, weights))}
-
-
-def plan_train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
-    """What train_lm will use, for --dry_run: the model, the data and the hardware resolved."""
-    return {"model": _model_plan(model_cfg, model_given, train_cfg.load_model),
-            "data": _data_plan(train_cfg), "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
-
-
-def plan_eval_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
-    """What eval_lm will use, for --dry_run."""
-    try:
-        weights = str(_weights_to_evaluate(train_cfg))
-    except ValueError as err:
-        weights = f"none yet ({err})"
-    return {"weights": weights, "model": _model_plan(model_cfg, model_given, weights)
-            if Path(weights).is_file() else {}, "data": _data_plan(train_cfg),
-            "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
-
-
-def _data_plan(train_cfg: TrainConfig) -> dict:
-    if not Path(train_cfg.data_file).exists() and not Path(f"{train_cfg.data_file}.idx").exists():
-        return {"from": train_cfg.data_file, "note": "not there yet: resolved when the run starts"}
-    data = resolve_lm_data(train_cfg)
-    return {"train": str(data.train), "val": str(data.val) if data.val else None,
-            "sampling": data.kind, "markov_folder": str(data.markov_folder) if data.markov_folder else None}
 
 
 def build_model(model_cfg: ModelConfig, model_given: dict, weights: str) -> RWKV6:
@@ -112,7 +63,7 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
 def eval_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
     """Evaluate --load_model, or the newest weights in --proj_dir, on the validation data."""
     hardware = Hardware.of(train_cfg)
-    weights = _weights_to_evaluate(train_cfg)
+    weights = weights_to_evaluate(train_cfg)
     markov = resolve_lm_data(train_cfg).markov_folder
     if markov is None:
         raise ValueError("--op eval for --task lm needs a datanew.py folder as --data_file")

@@ -75,17 +75,11 @@ def run_one(args, data: Path, order: int, kernel: int, depth: int) -> dict:
 
 def dry_run(args, data: dict, grid: list) -> dict:
     """What the sweep would do, for --dry_run: the data folders and each run's train.py command
-    with whether its result exists (then it is kept). Every command is parsed by train.py's own
-    parser, so a flag train.py does not offer fails here, without the seconds of a train.py
-    process per run."""
-    from ..cli import build_parser
-
-    parser = build_parser("lm", "train")
+    with whether its result exists (then it is kept)."""
     runs = []
     for order, kernel, depth in grid:
         run_dir = Path(args.out) / "runs" / run_name(order, kernel, depth)
         command = train_command(args, data[order], run_dir, kernel, depth)
-        parser.parse_args(command[2:])
         runs.append({"name": run_name(order, kernel, depth), "done": find_result(run_dir) is not None,
                      "command": command})
     return {"sweep": vars(args), "data": {order: str(folder) for order, folder in data.items()},

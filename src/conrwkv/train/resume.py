@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..config import AsrConfig, ModelConfig, TrainConfig, resume_may_change
 from ..io import atomic_json_save, read_json
-from .checkpoint import RESUME_DIR, check_resume_checkpoint, resume_checkpoints
+from .checkpoint import check_resume_checkpoint
+from .step_files import RESUME_DIR, resume_checkpoints
 
 log = logging.getLogger(__name__)
 
