@@ -34,7 +34,7 @@ def eval_summary(label: str, weights: Path) -> Path:
                                 f"(written by train.py --op eval)")
     if len(found) > 1:
         others = ", ".join(p.parent.name for p in found[:-1])
-        print(f"asr_ablation: run {label!r}: {len(found)} evaluations of {weights.name}; using the "
+        print(f"ablation: run {label!r}: {len(found)} evaluations of {weights.name}; using the "
               f"newest, {found[-1].parent.name} (others: {others})", file=sys.stderr)
     return found[-1]
 

@@ -1,5 +1,5 @@
 """English text for pretraining a small RWKV-6 offline: the glosses and example sentences of
-WordNet 3.0 (Debian package wordnet-base; see data/synth.py for the source and its licence).
+WordNet 3.0 (Debian package wordnet-base; see offline/synth.py for the source and its licence).
 
 About 160,000 definitions and 47,000 examples, some 2 million World tokens: little for a
 language model, but it is everyday English written by lexicographers, it needs no download,
