@@ -53,6 +53,19 @@ def make_librispeech(root: Path, split: str = "test-clean") -> Path:
     return split_dir
 
 
+def save_dataset_dict(folder: Path, splits: tuple[str, ...], text_column: str = "text",
+                      seconds: float = 0.1) -> Path:
+    """A `datasets` DatasetDict saved with save_to_disk in `folder`: every split one row, a path
+    to a tone and the transcript HELLO under `text_column`."""
+    import datasets
+
+    audio = folder.parent / f"{folder.name}-tone.flac"
+    write_tone(audio, seconds)
+    table = datasets.Dataset.from_dict({"audio": [str(audio)], text_column: ["HELLO"]})
+    datasets.DatasetDict({split: table for split in splits}).save_to_disk(str(folder))
+    return folder
+
+
 def dataset2_cli():
     """The repository's dataset2.py as a module (it sits at the root, outside the package)."""
     import importlib.util

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, write_tone
+from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, save_dataset_dict
 
 from conrwkv.asr.data import (
     CorpusSpec,
@@ -75,11 +75,8 @@ def test_a_path_with_a_colon_that_exists_is_a_path(tmp_path):
 
 
 def test_a_dataset_dict_split_is_named_the_same_way(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="pip install datasets (requirements.txt)")
-    path = tmp_path / "a.flac"
-    write_tone(path, 0.2)
-    table = datasets.Dataset.from_dict({"audio": [str(path)], "text": ["HELLO"]})
-    datasets.DatasetDict({"validation": table, "test": table}).save_to_disk(str(tmp_path / "hf"))
+    pytest.importorskip("datasets", reason="pip install datasets (requirements.txt)")
+    save_dataset_dict(tmp_path / "hf", ("validation", "test"), seconds=0.2)
     assert corpus_splits(tmp_path / "hf") == ["validation", "test"]
     with pytest.raises(ValueError, match=r"several splits \(validation, test\); name one as PATH:SPLIT"):
         parse_corpus(str(tmp_path / "hf"), "--eval_data")

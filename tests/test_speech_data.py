@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from speech_fixtures import LIBRISPEECH_UTTERANCES, dataset2_cli, make_librispeech, tone, utt_id, write_tone
+from speech_fixtures import (
+    LIBRISPEECH_UTTERANCES,
+    dataset2_cli,
+    make_librispeech,
+    save_dataset_dict,
+    tone,
+    utt_id,
+    write_tone,
+)
 
 from conrwkv.data.speech import (
     AudioError,
@@ -114,11 +122,8 @@ def test_manifest_and_disk_dataset_read_the_same_utterances(tmp_path):
 
 
 def test_disk_dataset_text_column_and_split_errors(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="pip install datasets (requirements.txt)")
-    path = tmp_path / "a.flac"
-    write_tone(path, 0.1)
-    table = datasets.Dataset.from_dict({"audio": [str(path)], "words": ["HELLO"]})
-    datasets.DatasetDict({"train": table, "test": table}).save_to_disk(str(tmp_path / "hf"))
+    pytest.importorskip("datasets", reason="pip install datasets (requirements.txt)")
+    save_dataset_dict(tmp_path / "hf", ("train", "test"), text_column="words")
     with pytest.raises(ValueError, match="has splits"):
         load_corpus(tmp_path / "hf")
     with pytest.raises(ValueError, match=r"none of the text columns .*words"):
