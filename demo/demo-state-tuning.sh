@@ -62,7 +62,9 @@ device=${device:-auto}          # GPUs to train on (auto: all, or one CPU proces
                                 # and merge run on one device (the first GPU, or the CPU)
 precision=${precision:-auto}    # auto: bf16-mixed on GPU, 32-true on CPU
 # auto: Lightning's choice, one device or DDP over several GPUs. On GPUs with deepspeed
-# installed (pip install -e .[gpu]) deepspeed_stage_1 (... _2, _3) can be set instead.
+# installed (pip install -e .[gpu]) deepspeed_stage_1 (... _2, _3) can be set instead; on one
+# GPU stages 1 and 2 use less memory than auto at its speed, stage 3 is 3x slower
+# (docs/benchmarks.md).
 strategy=${strategy:-auto}
 # One run per folder: a rerun resumes it exactly; other training settings are refused (README,
 # "Stopping, resuming"), so give a new experiment a new proj_dir.

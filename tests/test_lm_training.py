@@ -44,6 +44,11 @@ def test_training_lowers_the_loss_and_writes_weights_and_plot(markov_dir, tmp_pa
     weights = tmp_path / "run" / "rwkv-step000040.pth"
     assert weights.is_file() and (tmp_path / "run" / "rwkv-step000040-icl.png").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "rwkv-step000040.json").read_text())["step"] == 40
+    # the run's cost is in its log: seconds per step from the second logging interval on
+    metrics = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    column = metrics[0].split(",").index("time/step_seconds")
+    seconds = [float(r.split(",")[column]) for r in metrics[1:] if r.split(",")[column]]
+    assert len(seconds) == 3 and all(0 < s < 60 for s in seconds)
     loaded = RWKV6.from_checkpoint(weights)                 # an official-format file
     assert loaded.config.conv_kernel == 2 and loaded.config.vocab_size == 2
     # --op eval reproduces the same numbers from the saved weights

@@ -236,3 +236,22 @@ def test_the_loader_counts_batches_handed_out_not_prefetched():
     assert [b["x"].tolist() for b in again] == rest and len(first + rest) == 10
     with pytest.raises(ValueError, match="had 10 batches per process, the data now gives 5"):
         ResumableLoader(data, ShardedBatchSampler(40, 8, shuffle=True)).load_state_dict(state)
+
+
+@pytest.mark.parametrize("shards", [["mp_rank_00_model_states.pt"],                     # ZeRO 1, 2
+                                    ["zero_pp_rank_0_mp_rank_00_model_states.pt",        # ZeRO 3
+                                     "zero_pp_rank_1_mp_rank_00_model_states.pt"]])
+def test_deepspeed_checkpoint_folders_of_every_stage_are_resumable_and_empty_ones_are_not(tmp_path, shards):
+    from conrwkv.train.checkpoint import check_resume_checkpoint
+
+    folder = tmp_path / "step10.ckpt"
+    (folder / "checkpoint").mkdir(parents=True)
+    with pytest.raises(ValueError, match="step10.ckpt has no complete"):
+        check_resume_checkpoint(folder)
+    for name in shards:
+        (folder / "checkpoint" / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="step10.ckpt has no complete"):
+        check_resume_checkpoint(folder)                 # a shard cut off at zero bytes
+    for name in shards:
+        (folder / "checkpoint" / name).write_bytes(b"x" * 8)
+    check_resume_checkpoint(folder)

@@ -53,7 +53,9 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     result = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if markov and trainer.is_global_zero:
         weights = latest_weights(train_cfg.proj_dir, WEIGHTS_NAME)
-        result["icl"] = evaluate_and_plot(module.model.to(hardware.device), markov, train_cfg.ctx_len,
+        # The file, not the trained module: DeepSpeed leaves that cast to bf16 or sharded.
+        trained = build_model(model_cfg, model_given, str(weights))
+        result["icl"] = evaluate_and_plot(trained.to(hardware.device), markov, train_cfg.ctx_len,
                                           weights, batch_size=max(train_cfg.micro_bsz, 32),
                                           device=hardware.device)
         _print_icl(result["icl"], weights)

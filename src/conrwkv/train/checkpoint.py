@@ -56,9 +56,11 @@ def check_resume_checkpoint(path: Path) -> None:
     """Raise ValueError when `path` cannot be resumed from: unreadable, truncated, not a
     training checkpoint, or (a DeepSpeed folder) without its model states."""
     if path.is_dir():
-        states = path / "checkpoint" / "mp_rank_00_model_states.pt"
-        if not states.is_file() or states.stat().st_size == 0:
-            raise ValueError(f"{path} has no checkpoint/mp_rank_00_model_states.pt")
+        # ZeRO stages 1 and 2 write mp_rank_00_model_states.pt; stage 3 one
+        # zero_pp_rank_<R>_mp_rank_00_model_states.pt per process.
+        states = sorted((path / "checkpoint").glob("*mp_rank_00_model_states.pt"))
+        if not states or any(s.stat().st_size == 0 for s in states):
+            raise ValueError(f"{path} has no complete checkpoint/*mp_rank_00_model_states.pt")
         return
     try:
         # mmap: the tensors are not read, but the archive and every record in it are checked.

@@ -23,6 +23,7 @@ from .resume import (
     record_run_settings,
     remove_stale_temporaries,
 )
+from .speed import StepSpeed
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ def resolve_max_steps(cfg: TrainConfig, datamodule, hardware: Hardware) -> Train
         raise ValueError("the training data is smaller than one batch per device")
     log.info("%d epochs x %d steps = %d steps", cfg.epochs, per_epoch, cfg.epochs * per_epoch)
     return dataclasses.replace(cfg, max_steps=cfg.epochs * per_epoch)
+
+
+def lightning_strategy(name: str):
+    """The Trainer's strategy for --strategy `name`. DeepSpeed's checkpoints leave out the frozen
+    parameters: in state tuning those are the whole LLM and encoder, which the run loads from
+    their own files at every launch, and writing them into every checkpoint would cost their
+    full size (15 GB at 7B) per save. Trained tensors, optimizer and scheduler states stay."""
+    if name.startswith("deepspeed_stage_"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(stage=int(name.removeprefix("deepspeed_stage_")),
+                                 exclude_frozen_parameters=True)
+    return name
 
 
 class OutputFolder(L.Callback):
@@ -67,12 +81,13 @@ def build_trainer(cfg: TrainConfig, hardware: Hardware, weights_name: str, setti
     guard = TrainingGuard(cfg.log_every)
     callbacks = [OutputFolder(proj, settings), guard, RandomStates(),
                  StepCheckpoint(proj, weights_name, cfg.save_every, settings, before_save=guard.check),
-                 LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=10)]
+                 StepSpeed(cfg.log_every), LearningRateMonitor(logging_interval="step"),
+                 TQDMProgressBar(refresh_rate=10)]
     # DeepSpeed writes its checkpoint folders itself; every other strategy writes through this.
     plugins = [] if hardware.strategy.startswith("deepspeed") else [AtomicCheckpointIO()]
     return L.Trainer(
         accelerator=hardware.accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
-        strategy=hardware.strategy, precision=hardware.precision, plugins=plugins,
+        strategy=lightning_strategy(hardware.strategy), precision=hardware.precision, plugins=plugins,
         max_steps=cfg.max_steps, max_epochs=-1,
         val_check_interval=cfg.val_every or None, check_val_every_n_epoch=None if cfg.val_every else 1,
         limit_val_batches=1.0 if cfg.val_every else 0, num_sanity_val_steps=0,
@@ -97,6 +112,12 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, cfg: Train
     L.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg, hardware, weights_name, settings)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    if getattr(trainer.strategy, "zero_stage_3", False):
+        # Lightning's validate after fit initialises DeepSpeed again on a module whose ZeRO-3
+        # shards its teardown moved to the CPU, and fails (seen on an H200, docs/benchmarks.md).
+        log.warning("ZeRO stage 3: no validation after training; the last validation during "
+                    "training (--val_every) is the run's final one, and --op eval scores the weights")
+        return trainer
     trainer.limit_val_batches = 1.0
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return trainer
