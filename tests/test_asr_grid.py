@@ -1,0 +1,83 @@
+"""The ASR grid driver (asr/grid.py) end to end on CPU with tiny models: cells trained and scored
+in order, a later call keeping what is done and going on, a budget that stops a call inside a
+run, the dry run, the summary folders (never replaced), and bad arguments named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from speech_fixtures import make_librispeech
+
+from conrwkv.asr import grid
+from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
+
+TRAIN_ARGS = ("--max_steps 2 --micro_bsz 2 --warmup_steps 0 --accelerator cpu --devices 1 "
+              "--projector_hidden 32 --save_every 1")
+EVAL_ARGS = "--beam 1 --micro_bsz 4 --accelerator cpu --max_tokens_per_second 2"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    for split in ("train", "dev", "test-clean", "test-other"):
+        make_librispeech(root, split)
+    encoder = make_tiny_encoder(root / "encoder")
+    llm = make_tiny_llm(root / "llm.pth", n_layer=1, n_embd=32)
+    return dict(corpus=str(root / "LibriSpeech"), encoder=str(encoder), llm=str(llm), root=root)
+
+
+def call(setup, out, arms, *extra):
+    return grid.main(["--lm", f"tiny={setup['llm']}", "--encoder", setup["encoder"],
+                      "--corpus", setup["corpus"], "--arms", arms, "--out", str(out),
+                      "--train_args", TRAIN_ARGS, "--eval_args", EVAL_ARGS, *extra])
+
+
+def test_cells_are_kept_resumed_and_summarised(setup, tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert call(setup, out, "projector") == 0
+    first = out / "tiny" / "projector" / "seed0"
+    assert grid.cell_status(first) == "done"
+    evaluations = sorted(p.name for p in first.glob("eval-*"))
+    capsys.readouterr()
+
+    assert call(setup, out, "projector,state") == 0           # a later call with one more arm
+    printed = capsys.readouterr().out
+    assert "[1/2] tiny projector seed0: done, kept" in printed
+    assert sorted(p.name for p in first.glob("eval-*")) == evaluations    # not scored again
+    assert grid.cell_status(out / "tiny" / "state" / "seed0") == "done"
+    # one summary per call, the earlier one left as it was
+    assert json.loads((out / "summary" / "grid.json").read_text())["cells"] == 1
+    rows = json.loads((out / "summary-2" / "grid.json").read_text())["rows"]
+    assert [(r["arm"], r["step"], r["lm"]) for r in rows] == [("projector", 2, "tiny"), ("state", 2, "tiny")]
+    assert rows[0]["lm_parameters"] == grid.parameter_count(grid.Path(setup["llm"])) > 0
+    assert set(rows[0]["splits"]) == {"test-clean", "test-other"}
+    table = (out / "summary-2" / "grid.md").read_text()
+    assert "2 of 2 cells evaluated." in table and "| tiny |" in table and "projector + state |" in table
+    assert (out / "summary-2" / "grid.png").stat().st_size > 0
+
+    # a budget that ends the call inside a training: the cell stays unfinished, and says so
+    assert call(setup, out, "projector,state,state-conv", "--budget_s", "2.5") == 0
+    printed = capsys.readouterr().out
+    assert "stopped by --budget_s during train" in printed and "1 of 3 cells not done" in printed
+    assert grid.cell_status(out / "tiny" / "state-conv" / "seed0") in ("new", "training")
+    assert call(setup, out, "projector,state,state-conv", "--dry_run") == 0
+    printed = capsys.readouterr().out
+    assert "[3/3] tiny state-conv seed0: " in printed and "--conv_kernel 3" in printed
+    assert "[1/3] tiny projector seed0: done" in printed
+
+
+def test_bad_arguments_are_named(setup, tmp_path, capsys):
+    assert grid.main(["--lm", "tiny", "--encoder", "e", "--corpus", "c", "--out", str(tmp_path)]) == 2
+    assert "--lm 'tiny' is not LABEL=PATH" in capsys.readouterr().err
+    assert grid.main(["--lm", f"a={tmp_path / 'none.pth'}", "--encoder", "e", "--corpus", "c",
+                      "--out", str(tmp_path)]) == 2
+    assert "none.pth does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        grid.main(["--lm", f"a={setup['llm']}", "--encoder", "e", "--corpus", "c", "--out",
+                   str(tmp_path), "--arms", "state,prompt"])
+    assert "--arms: unknown prompt; choose from projector, state" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="damaged.pth is not a readable .pth"):
+        grid.parameter_count(damaged)
