@@ -20,7 +20,8 @@ WEIGHTS_NAME = "asr"
 # The settings that decide which tensors were trained and what they mean: eval, predict and
 # merge take them from the weights' record, never from their own flags.
 TRAINED_AS = ("encoder_trainable", "projector", "downsample", "projector_hidden", "train_state",
-              "separator")
+              "separator",
+              "llm_train", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
 def llm_config(model_given: dict, train_cfg: TrainConfig) -> ModelConfig:
