@@ -220,6 +220,21 @@ def test_flags_reach_train_only_and_the_record_rebuilds_the_arm():
         parser.parse_args(["--llm_train", "half"])
 
 
+def test_a_record_from_before_the_arms_rebuilds_a_frozen_llm(tmp_path):
+    import json
+
+    from conrwkv.asr.plan import as_trained
+
+    old = {"encoder": "enc", "encoder_trainable": False, "projector": "conv", "downsample": 4,
+           "projector_hidden": 16, "train_state": True, "separator": "#"}
+    (tmp_path / "asr-step000001.json").write_text(json.dumps(
+        {"model": {"conv_kernel": 0, "n_layer": 2, "n_embd": 32}, "train": {"load_model": "llm.pth"},
+         "asr": old}))
+    _, _, asr = as_trained(tmp_path / "asr-step000001.pth", {}, TrainConfig(),
+                           AsrConfig(llm_train="full", lora_rank=3))
+    assert (asr.projector, asr.downsample, asr.llm_train, asr.lora_rank) == ("conv", 4, "frozen", 8)
+
+
 def test_lora_train_then_merge_rebuilds_the_model_from_the_record(tmp_path):
     from speech_fixtures import make_librispeech
 
