@@ -95,6 +95,20 @@ def test_a_bf16_llm_trains_its_lora_matrices_or_weights_in_fp32(model_dir, llm_t
     assert all(p.dtype == torch.float32 and p.grad is not None for p in trained.values())
 
 
+def test_a_fully_trained_llm_is_read_in_fp32_under_bf16_mixed(model_dir):
+    from conrwkv.asr.run import build_speech_model
+    from conrwkv.io import safe_torch_load
+
+    tiny_speech_rwkv(model_dir)                                   # writes the encoder and LLM files
+    llm = model_dir / "llm-0.pth"
+    train_cfg = TrainConfig(load_model=str(llm), precision="bf16-mixed", accelerator="cpu")
+    asr = AsrConfig(encoder=str(model_dir / "encoder"), projector_hidden=8)
+    frozen = build_speech_model({}, train_cfg, asr)
+    assert frozen.llm.blocks[0].att.key.weight.dtype == torch.bfloat16
+    full = build_speech_model({}, train_cfg, AsrConfig(**{**vars(asr), "llm_train": "full"}))
+    assert torch.equal(full.llm.blocks[0].att.key.weight, safe_torch_load(llm)["blocks.0.att.key.weight"])
+
+
 # ---------------------------------------------------------------- LoRA at initialisation
 def test_lora_leaves_the_model_unchanged_at_initialisation(model_dir):
     plain = tiny_speech_rwkv(model_dir)
