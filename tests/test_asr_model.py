@@ -234,14 +234,16 @@ def test_bf16_llm_keeps_the_trained_tensors_fp32(model_dir):
 
 # ---------------------------------------------------------------- merged export
 def test_merge_never_replaces_a_file_that_appears_while_it_writes(model, tmp_path, monkeypatch):
-    target = tmp_path / "merged.pth"
-    save = model.llm.save_checkpoint
+    from conrwkv.asr import speech_rwkv
 
-    def someone_else_writes_target_meanwhile(path, dtype=None):
-        save(path, dtype)
+    target = tmp_path / "merged.pth"
+    save = speech_rwkv.atomic_torch_save
+
+    def someone_else_writes_target_meanwhile(state, path):
+        save(state, path)
         target.write_bytes(b"another run's file")
 
-    monkeypatch.setattr(model.llm, "save_checkpoint", someone_else_writes_target_meanwhile)
+    monkeypatch.setattr(speech_rwkv, "atomic_torch_save", someone_else_writes_target_meanwhile)
     with pytest.raises(FileExistsError, match="merged.pth exists; choose another name"):
         model.export_merged_llm(target)
     assert target.read_bytes() == b"another run's file"

@@ -59,7 +59,8 @@ COMMANDS = {
         train=("proj_dir", "data_file", "ctx_len", "micro_bsz", "accelerator", "load_model")),
     ("asr", "train"): Command(
         "conrwkv.asr.run:train_asr", "conrwkv.asr.plan:plan_train_asr",
-        "state-tune a frozen RWKV World model (--load_model) behind a frozen speech encoder",
+        "state-tune a frozen RWKV World model (--load_model) behind a frozen speech encoder "
+        "(--llm_train lora / full: train its LoRA adapters or its weights too)",
         model=("n_layer", "n_embd", "conv_kernel", "wkv_backend", "grad_cp"),
         train=tuple(n for n in _TRAINING if n not in ("data_type", "ctx_len")), asr=_ASR_TRAINING),
     ("asr", "eval"): Command(
@@ -76,7 +77,8 @@ COMMANDS = {
         asr=(*_DECODING, "audio")),
     ("asr", "merge"): Command(
         "conrwkv.asr.run:merge_asr", "conrwkv.asr.plan:plan_trained_asr",
-        "write the LLM with its trained initial states (and conv) as one official .pth",
+        "write the LLM with its trained initial states (and conv; LoRA folded into its weights, "
+        "or its fine-tuned weights) as one official .pth",
         model=(), train=("proj_dir", "accelerator", "precision", "load_model"),
         asr=("encoder", "asr_weights", "merge_out")),
 }

@@ -11,6 +11,10 @@ WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
 LR_SCHEDULES = ("exp", "cos", "linear", "const")
 PROJECTORS = ("linear", "conv")
 ENCODER_BATCHING = ("auto", "batch", "one_by_one")
+LLM_TRAIN = ("frozen", "lora", "full")
+# Every linear layer of an RWKV-6 block: time-mix r, k, v, g, output and channel-mix k, v, r.
+LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.gate", "att.output",
+                "ffn.key", "ffn.value", "ffn.receptance")
 
 
 def _help(text: str, **extra) -> dict:
@@ -199,6 +203,25 @@ class AsrConfig:
         "wants a far larger rate than the projector (lr_init)."))
     lr_state_final: float = field(default=0.01, metadata=_help(
         "Learning rate of the trained initial states at the last step."))
+    # The LLM's own weights: frozen (state tuning), LoRA adapters (peft), or all trained.
+    llm_train: str = field(default="frozen", metadata=_help(
+        "What of the LLM's own weights trains: frozen (state tuning: only time_state, the conv "
+        "and the projector), lora (peft LoRA adapters on --lora_targets, the base weights "
+        "frozen) or full (every LLM weight, held in fp32). lora and full train with "
+        "--lr_llm_init / --lr_llm_final.", choices=LLM_TRAIN))
+    lora_rank: int = field(default=8, metadata=_help("--llm_train lora: rank r of each LoRA adapter."))
+    lora_alpha: int = field(default=16, metadata=_help(
+        "--llm_train lora: LoRA alpha; an adapter's update B @ A is scaled by alpha / rank."))
+    lora_dropout: float = field(default=0.0, metadata=_help(
+        "--llm_train lora: dropout on the LoRA branch's input while training (0: none)."))
+    lora_targets: str = field(default=",".join(LORA_TARGETS), metadata=_help(
+        "--llm_train lora: comma-separated name suffixes of the linear layers that get an "
+        "adapter (peft's target_modules; 'att.key' matches blocks.N.att.key in every block)."))
+    lr_llm_init: float = field(default=1e-4, metadata=_help(
+        "--llm_train lora / full: learning rate of the LLM's trained weights (optimizer group "
+        "'llm': the LoRA matrices, or every LLM weight) after warmup."))
+    lr_llm_final: float = field(default=1e-5, metadata=_help(
+        "--llm_train lora / full: learning rate of the LLM's trained weights at the last step."))
     eval_data: str = field(default="", metadata=_may_change(
         "--op eval: comma-separated corpora to score, each a LibriSpeech split folder, a "
         "save_to_disk folder or a JSONL manifest, or PATH:SPLIT for a folder of several splits "

@@ -1,8 +1,9 @@
 """LightningModule for state tuning a speech recogniser (SpeechRWKV).
 
-Only the trained tensors (time_state, projector, conv; the encoder when asked) reach the
-optimizer, the weights files and the resumable checkpoints: a 3B frozen LLM is never written
-again. The state gets its own, much larger learning rate (docs/reference.md, "Learning rates").
+Only the trained tensors (time_state, projector, conv; the encoder when asked; the LLM's LoRA
+matrices or weights under --llm_train lora / full) reach the optimizer, the weights files and the
+resumable checkpoints: a 3B frozen LLM is never written again. The state gets its own, much
+larger learning rate (docs/reference.md, "Learning rates"), and the LLM's weights their own.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class AsrModule(L.LightningModule):
     def configure_optimizers(self):
         cfg, asr = self.train_config, self.asr_config
         groups = self.model.named_parameter_groups()
-        rates = {"state": (asr.lr_state_init, asr.lr_state_final)}
+        rates = {"state": (asr.lr_state_init, asr.lr_state_final),
+                 "llm": (asr.lr_llm_init, asr.lr_llm_final)}
         return build_optimizer(
             {name: (list(params.items()), *rates.get(name, (cfg.lr_init, cfg.lr_final)))
              for name, params in groups.items() if params}, cfg)

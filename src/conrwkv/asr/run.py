@@ -4,9 +4,10 @@ export of the state-tuned LLM as one official .pth (merge).
 The frozen parts come from --load_model (the RWKV World .pth) and --encoder (a local HuggingFace
 folder); the trained parts live in proj_dir as asr-step<N>.pth and are found again by eval,
 predict and merge (or named with --asr_weights). Those three rebuild the model as it was trained,
-from the record beside the weights (asr-step<N>.json): the projector, the conv, the frozen
-files' paths (unless --load_model / --encoder name them anew); they take only the flags of how
-to decode and where to run, so a trained model cannot be loaded with mismatched settings.
+from the record beside the weights (asr-step<N>.json): the projector, the conv, the --llm_train
+arm and its LoRA settings, the frozen files' paths (unless --load_model / --encoder name them
+anew); they take only the flags of how to decode and where to run, so a trained model cannot be
+loaded with mismatched settings.
 Nothing is written over an earlier output:
 each eval gets its own folder eval-<weights>-beam<B>-tps<T>[-N], and merge refuses an
 existing --merge_out.
@@ -47,7 +48,7 @@ _LLM_OPTIONS = ("wkv_backend", "grad_cp")
 def build_speech_model(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
                        hardware: Hardware | None = None, device: str = "cpu") -> SpeechRWKV:
     """The speech model of these settings; the frozen LLM in the dtype of `hardware`'s precision
-    (default: resolved from train_cfg)."""
+    (default: resolved from train_cfg), a fully trained one (--llm_train full) in fp32."""
     hardware = hardware or Hardware.of(train_cfg)
     if not train_cfg.load_model:
         raise ValueError("--load_model is required: the RWKV World .pth to state-tune")
@@ -56,7 +57,8 @@ def build_speech_model(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrCo
     return SpeechRWKV.from_pretrained(
         train_cfg.load_model, asr_cfg, conv_kernel=model_given.get("conv_kernel", 0),
         n_layer=model_given.get("n_layer"), n_embd=model_given.get("n_embd"),
-        llm_dtype=hardware.frozen_dtype, device=device,
+        # A fully trained LLM is read in fp32 at once: through bf16 it would lose an fp32 file's bits.
+        llm_dtype=torch.float32 if asr_cfg.llm_train == "full" else hardware.frozen_dtype, device=device,
         **{k: v for k, v in model_given.items() if k in _LLM_OPTIONS})
 
 

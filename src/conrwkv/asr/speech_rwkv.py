@@ -7,7 +7,9 @@ tuning as in RWKV-ASR, optionally with Con-RWKV's causal convolution.
 The layout is prompt-free like RWKV-ASR: the separator ("#" by default) follows the speech, the
 transcript follows the separator and token 0 (end of text in the World vocabulary) ends it. The
 LLM is frozen except every layer's initial WKV state `time_state` and, when the conv is on, the
-Con-RWKV conv branches; the projector is trained; the encoder only when asked.
+Con-RWKV conv branches; the projector is trained; the encoder only when asked. Two comparison arms
+train the LLM's own weights too (llm_train): peft LoRA adapters on its linear layers, or the
+whole LLM.
 
 The loss is the mean cross-entropy over transcript tokens and the end token only; audio and
 separator positions are never counted (RWKV-ASR divided by a count that included the audio, so its
@@ -27,21 +29,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ..config import AsrConfig
+from ..config import LLM_TRAIN, LORA_TARGETS, AsrConfig
 from ..data.tokenizer import END_OF_TEXT
+from ..io import atomic_torch_save
 from ..model import RWKV6
+from ..model.official_format import ADAPTER_SUFFIXES
 from .encoder import SpeechEncoder
 from .projector import Projector
 
 
 class SpeechRWKV(nn.Module):
     def __init__(self, encoder: SpeechEncoder, projector: Projector, llm: RWKV6,
-                 separator_ids: list[int], eot_id: int = END_OF_TEXT, train_state: bool = True):
+                 separator_ids: list[int], eot_id: int = END_OF_TEXT, train_state: bool = True, *,
+                 llm_train: str = "frozen", lora_rank: int = 8, lora_alpha: int = 16,
+                 lora_dropout: float = 0.0, lora_targets: tuple[str, ...] = LORA_TARGETS):
         """Wire the parts together and freeze what state tuning keeps fixed.
 
         `llm` must have been built with state_tuning=True (and conv_kernel > 0 for Con-RWKV).
         train_state=False keeps the initial states frozen (at what the checkpoint holds, zero
-        for a plain World model): the projector-only baseline of SLAM-ASR."""
+        for a plain World model): the projector-only baseline of SLAM-ASR. llm_train "lora"
+        adds peft LoRA adapters (rank, alpha, dropout) to the linear layers named by
+        `lora_targets` and trains them; "full" trains every LLM weight."""
         super().__init__()
         if not llm.config.state_tuning:
             raise ValueError("SpeechRWKV: the LLM has no time_state; build it with state_tuning=True "
@@ -65,9 +73,15 @@ class SpeechRWKV(nn.Module):
         self.train_state = train_state
         self.register_buffer("separator_ids", torch.tensor([int(i) for i in separator_ids]),
                              persistent=False)
+        if llm_train not in LLM_TRAIN:
+            raise ValueError(f"--llm_train must be one of {', '.join(LLM_TRAIN)}, got {llm_train!r}")
+        self.llm_train = llm_train
         self.llm.requires_grad_(False)
-        for _, param in self._llm_adapters():
-            # A bf16 LLM still trains its state and conv in fp32: their updates are tiny.
+        if llm_train == "lora":
+            self._add_lora(lora_rank, lora_alpha, lora_dropout, lora_targets)
+        for _, param in (*self._llm_adapters(), *self._llm_weights()):
+            # A bf16 LLM still trains its state, conv, LoRA matrices or weights in fp32: their
+            # updates are too small for bf16 to hold.
             param.data = param.data.float()
             param.requires_grad_(True)
         self.projector.float().requires_grad_(True)
@@ -101,9 +115,45 @@ class SpeechRWKV(nn.Module):
         separator_ids = tokenizer.encode(asr.separator)
         if not separator_ids:
             raise ValueError(f"AsrConfig.separator {asr.separator!r} encodes to no tokens")
-        return cls(encoder, projector, llm, separator_ids, train_state=asr.train_state).to(device)
+        return cls(encoder, projector, llm, separator_ids, train_state=asr.train_state,
+                   llm_train=asr.llm_train, lora_rank=asr.lora_rank, lora_alpha=asr.lora_alpha,
+                   lora_dropout=asr.lora_dropout,
+                   lora_targets=tuple(t.strip() for t in asr.lora_targets.split(",") if t.strip())
+                   ).to(device)
 
     # ---------------------------------------------------------------- what is trained
+    def _add_lora(self, rank: int, alpha: int, dropout: float, targets: tuple[str, ...]) -> None:
+        """peft LoRA adapters (adapter name "default", B = 0: the model is unchanged at first)
+        on the LLM's linear layers whose names end in one of `targets`."""
+        # peft takes seconds to import: only LoRA runs pay for it (a dry run stays fast).
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if rank < 1:
+            raise ValueError(f"--lora_rank must be >= 1 with --llm_train lora, got {rank}")
+        if alpha <= 0:
+            raise ValueError(f"--lora_alpha must be > 0 with --llm_train lora, got {alpha}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1) with --llm_train lora, got {dropout}")
+        linear = [n for n, m in self.llm.named_modules() if isinstance(m, nn.Linear)]
+        # peft's own matching rule: the whole name, or a suffix after a dot.
+        unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
+        if not targets or unmatched:
+            kinds = sorted({n.split(".", 2)[2] if n.startswith("blocks.") else n for n in linear})
+            raise ValueError(f"--lora_targets {','.join(targets)!r}: "
+                             f"{', '.join(unmatched) or 'no target'} matches no linear layer of the "
+                             f"LLM; its linear layers are {', '.join(kinds)} (blocks.N.<name> in "
+                             f"every block)")
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                           target_modules=list(targets)), self.llm)
+
+    def _llm_weights(self):
+        """The LLM's own trained weights (group "llm"): the LoRA matrices, or with llm_train
+        full every LLM parameter but the state and conv, which keep their own flags."""
+        for name, param in self.llm.named_parameters():
+            if ((self.llm_train == "lora" and ".lora_" in name)
+                    or (self.llm_train == "full" and not name.endswith(ADAPTER_SUFFIXES))):
+                yield f"llm.{name}", param
+
     def _llm_adapters(self):
         for i, block in enumerate(self.llm.blocks):
             if self.train_state:
@@ -113,11 +163,14 @@ class SpeechRWKV(nn.Module):
                 yield f"llm.blocks.{i}.att.conv.bias", block.att.conv.bias
 
     def named_parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
-        """The trained parameters by group: "state", "adapter" (projector, conv), "encoder"."""
+        """The trained parameters by group: "state", "adapter" (projector, conv), "llm" (LoRA
+        matrices or every LLM weight, unless frozen), "encoder"."""
         groups = {"state": {}, "adapter": {}}
         for name, param in self._llm_adapters():
             groups["state" if name.endswith("time_state") else "adapter"][name] = param
         groups["adapter"].update((f"projector.{n}", p) for n, p in self.projector.named_parameters())
+        if self.llm_train != "frozen":
+            groups["llm"] = dict(self._llm_weights())
         if self.encoder.trainable:
             groups["encoder"] = {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
         return groups
@@ -144,7 +197,7 @@ class SpeechRWKV(nn.Module):
             problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
             problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} "
-                            f"(trained with another conv / projector / encoder setting?)")
+                            f"(trained with another conv / projector / encoder / llm_train setting?)")
         for name in sorted(set(own) & set(state_dict)):
             if tuple(state_dict[name].shape) != tuple(own[name].shape):
                 problems.append(f"{name} has shape {tuple(state_dict[name].shape)}, the model "
@@ -155,20 +208,43 @@ class SpeechRWKV(nn.Module):
             for name, param in own.items():
                 param.copy_(state_dict[name])
 
-    def export_merged_llm(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write the whole LLM with its trained time_state (and conv) as an official `.pth`; an
-        existing `path` is never overwritten (FileExistsError).
+    def merged_llm_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """The LLM's state dict under the official key names, LoRA folded into the base weights.
 
-        Without a conv the `rwkv` package runs it as a state-tuned World model; a conv file runs
-        in this project's RWKV6 only. `dtype` None keeps every tensor's own dtype (frozen
-        weights as loaded, trained state in fp32)."""
+        Each adapted weight is W + peft's get_delta_weight (the B @ A * alpha / rank that peft's
+        merge adds), computed beside the model: merging in place would change the live model's
+        weights, and unmerging a bf16 weight does not restore it exactly."""
+        if self.llm_train != "lora":
+            return self.llm.official_state_dict(dtype)
+        from peft.tuners.lora import LoraLayer
+
+        merged = {}
+        with torch.no_grad():
+            for name, module in self.llm.named_modules():
+                if isinstance(module, LoraLayer):
+                    base = module.get_base_layer().weight
+                    delta = module.get_delta_weight("default")
+                    merged[f"{name}.weight"] = (base.float() + delta.float()).to(base.dtype)
+        state = {key.replace(".base_layer.", "."): value
+                 for key, value in self.llm.state_dict().items() if ".lora_" not in key}
+        state.update(merged)
+        return {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous() for k, v in state.items()}
+
+    def export_merged_llm(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write the whole LLM with its trained time_state (and conv, and LoRA folded in, or the
+        fine-tuned weights) as an official `.pth`; an existing `path` is never overwritten
+        (FileExistsError).
+
+        Without a conv the `rwkv` package runs it as a (state-tuned) World model; a conv file
+        runs in this project's RWKV6 only. `dtype` None keeps every tensor's own dtype (frozen
+        weights as loaded, trained tensors in fp32)."""
         path = Path(path)
         exists = f"{path} exists; choose another name (an existing file is never overwritten)"
         if path.exists():
             raise FileExistsError(exists)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
-            self.llm.save_checkpoint(partial, dtype)
+            atomic_torch_save(self.merged_llm_state_dict(dtype), partial)
             # A hard link fails if the name was taken meanwhile; a rename would replace that file.
             os.link(partial, path)
         except FileExistsError:
