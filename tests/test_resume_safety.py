@@ -86,6 +86,25 @@ def test_a_resume_with_other_settings_is_refused_with_every_difference(markov, t
     assert (tmp_path / "rwkv-step000012.pth").is_file()
 
 
+def test_settings_added_after_a_run_began_do_not_stop_its_resume_at_their_default(markov, tmp_path,
+                                                                                   monkeypatch):
+    import json
+
+    restore = stop_after(monkeypatch, 4)
+    model, train = configs(markov, tmp_path)
+    train_lm(model, {}, train)
+    restore()
+    run = json.loads((tmp_path / "run.json").read_text())
+    del run["train"]["grad_clip"], run["model"]["state_tuning"]   # as if written before they existed
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    model, other = configs(markov, tmp_path, grad_clip=0.5)
+    with pytest.raises(ValueError, match="train.grad_clip: None then, 0.5 now"):
+        train_lm(model, {}, other)                      # not the default: a difference
+    model, train = configs(markov, tmp_path)
+    train_lm(model, {}, train)                          # at their defaults: the run goes on
+    assert (tmp_path / "rwkv-step000010.pth").is_file()
+
+
 def test_a_folder_from_an_older_version_is_refused(markov, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "step4.ckpt").write_bytes(b"old")

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -48,6 +49,21 @@ def _comparable(settings: dict) -> dict:
     return plain
 
 
+def _settings_added_since(saved: dict, now: dict) -> None:
+    """Give `saved` the settings this project gained after the run began, where the launch now
+    leaves them at their default: a default asks for what the run did before the setting
+    existed, so it is no difference (any other value still is)."""
+    for section, cls in _SECTIONS.items():
+        before, after = saved.get(section), now.get(section)
+        if not (isinstance(before, dict) and isinstance(after, dict)):
+            continue
+        defaults = {f.name: json.loads(json.dumps(f.default, default=str))
+                    for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        for name in after.keys() - before.keys():
+            if name in defaults and after[name] == defaults[name]:
+                before[name] = after[name]
+
+
 def _differences(saved, now, where: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(now, dict):
         found = []
@@ -75,7 +91,9 @@ def check_run_settings(proj_dir: str | Path, settings: dict) -> None:
                              f"the data position; choose a new --proj_dir")
         return
     saved = read_json(path, "the run's settings (restore the file, or choose a new --proj_dir)")
-    differences = _differences(_comparable(saved), _comparable(settings))
+    saved, settings = _comparable(saved), _comparable(settings)
+    _settings_added_since(saved, settings)
+    differences = _differences(saved, settings)
     if differences:
         allowed = sorted({n for cls in _SECTIONS.values() for n in resume_may_change(cls)})
         raise ValueError(
