@@ -192,6 +192,20 @@ class AsrConfig:
         "and trains the projector (and conv) only: the projector-only baseline."))
     separator: str = field(default="#", metadata=_help(
         "Text placed between the speech embeddings and the transcript (RWKV-ASR uses '#')."))
+    # The oracle-prefix probe (asr/oracle.py): is a failed run the pipeline or the LLM?
+    oracle_prefix: bool = field(default=False, metadata=_help(
+        "Probe: feed the transcript's own token embeddings in place of the projected speech, "
+        "[emb(transcript)][emb(separator)] -> transcript, so the frozen LLM with its trained state "
+        "(and conv) has only to copy its prefix: the best any projector could do with this LLM. "
+        "No encoder or projector is loaded or trained (the corpora's audio is still read); --op "
+        "eval scores it as usual, --op predict refuses it (it has no transcripts)."))
+    oracle_noise: float = field(default=0.0, metadata=_help(
+        "With --oracle_prefix: Gaussian noise added to each prefix embedding, as a multiple of that "
+        "embedding's RMS (>= 0), in training and evaluation alike; at evaluation each utterance's "
+        "noise is seeded by its transcript, so a score is reproducible."))
+    oracle_dropout: float = field(default=0.0, metadata=_help(
+        "With --oracle_prefix: probability in [0, 1) that a prefix token's embedding is replaced by "
+        "zeros, in training and evaluation alike (seeded per utterance at evaluation, as the noise)."))
     lowercase: bool = field(default=True, metadata=_help(
         "Lowercase transcripts before tokenising them as targets (LibriSpeech is uppercase; the "
         "LLM has seen mostly mixed-case text; WER is scored case-insensitively anyway)."))

@@ -144,6 +144,12 @@ def eval_dataset(spec: CorpusSpec, asr: AsrConfig, flag: str) -> tuple[SpeechDat
     return SpeechDataset(utterances, skip_bad_audio=asr.skip_bad_audio), counts
 
 
+def transcript_ids(tokenizer, texts: list[str], asr: AsrConfig) -> list[list[int]]:
+    """The transcripts as token ids, lowercased first with --lowercase: what training predicts,
+    and what the oracle prefix (oracle.py) feeds."""
+    return [tokenizer.encode(t.lower() if asr.lowercase else t) for t in texts]
+
+
 def speech_loader(dataset: SpeechDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                   num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> ResumableLoader:
     sampler = LengthBucketBatchSampler(dataset.durations(), batch_size, shuffle=shuffle, seed=seed,

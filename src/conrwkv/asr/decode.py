@@ -21,6 +21,9 @@ a batch size, is reused by every later batch of that size.
 
 An utterance may generate at most `max_tokens_per_second * seconds + 10` tokens, the end token
 included; decoding stops at token 0 (end of text), which is not returned.
+
+`targets` (the transcripts' token ids) are read only by a model with the oracle prefix
+(oracle.py), whose prefix they are; the limits still come from the audio.
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ def _best_candidates(candidates: Tensor, k: int) -> tuple[list[list[float]], lis
 
 def greedy_decode(model: SpeechRWKV, audio: list[np.ndarray], max_tokens_per_second: float = 8.0,
                   max_tokens: int | None = None, stepper: bool | None = None,
-                  steppers: StepperCache | None = None) -> list[list[int]]:
+                  steppers: StepperCache | None = None,
+                  targets: list[list[int]] | None = None) -> list[list[int]]:
     """Argmax decoding. `max_tokens` overrides the limit derived from the audio length.
 
     `stepper` (default: on for a model on a CUDA device) runs the token steps through an
@@ -136,7 +140,7 @@ def greedy_decode(model: SpeechRWKV, audio: list[np.ndarray], max_tokens_per_sec
     limits = _limits(audio, max_tokens_per_second, max_tokens)
     outputs: list[list[int]] = [[] for _ in audio]
     with _inference(model):
-        logits, state = run_prefixes(model.llm, model.prefixes(audio))
+        logits, state = run_prefixes(model.llm, model.prefixes(audio, targets))
         active = [i for i in range(len(audio)) if limits[i] > 0]     # utterance of each state row
         if len(active) < len(audio):
             state = state.select(_index(active, logits.device))
@@ -189,7 +193,7 @@ def _emit(best: list[int], rows, active: list[int], eot_id: int, limits: list[in
 
 def beam_search(model: SpeechRWKV, audio: list[np.ndarray], beam: int = 4,
                 max_tokens_per_second: float = 8.0, max_tokens: int | None = None,
-                length_penalty: float = 1.0) -> list[list[int]]:
+                length_penalty: float = 1.0, targets: list[list[int]] | None = None) -> list[list[int]]:
     """Beam search with `beam` hypotheses per utterance, all utterances in one batch.
 
     A hypothesis ends with the end token (if that candidate ranks among the top `beam` of its
@@ -202,7 +206,7 @@ def beam_search(model: SpeechRWKV, audio: list[np.ndarray], beam: int = 4,
     W = beam
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in audio]
     with _inference(model):
-        logits, state = run_prefixes(model.llm, model.prefixes(audio))
+        logits, state = run_prefixes(model.llm, model.prefixes(audio, targets))
         V = logits.shape[-1]
         device = logits.device
         active = [i for i in range(len(audio)) if limits[i] > 0]
@@ -259,9 +263,10 @@ def beam_search(model: SpeechRWKV, audio: list[np.ndarray], beam: int = 4,
 
 
 def decode(model: SpeechRWKV, audio: list[np.ndarray], asr: AsrConfig,
-           steppers: StepperCache | None = None) -> list[list[int]]:
+           steppers: StepperCache | None = None,
+           targets: list[list[int]] | None = None) -> list[list[int]]:
     """Greedy for asr.beam == 1 (on `steppers`' RNNSteppers when given), beam search otherwise;
     limits from asr.max_tokens_per_second."""
     if asr.beam == 1:
-        return greedy_decode(model, audio, asr.max_tokens_per_second, steppers=steppers)
-    return beam_search(model, audio, asr.beam, asr.max_tokens_per_second)
+        return greedy_decode(model, audio, asr.max_tokens_per_second, steppers=steppers, targets=targets)
+    return beam_search(model, audio, asr.beam, asr.max_tokens_per_second, targets=targets)

@@ -13,6 +13,7 @@ import torch
 
 from ..config import AsrConfig, TrainConfig
 from ..train.optim import build_optimizer
+from .data import transcript_ids
 from .speech_rwkv import SpeechRWKV
 
 
@@ -27,7 +28,7 @@ class AsrModule(L.LightningModule):
         self._audio_counts = torch.zeros(2, dtype=torch.float64)
 
     def targets(self, texts: list[str]) -> list[list[int]]:
-        return [self.tokenizer.encode(t.lower() if self.asr_config.lowercase else t) for t in texts]
+        return transcript_ids(self.tokenizer, texts, self.asr_config)
 
     def training_step(self, batch, batch_idx):
         self._audio_counts += torch.tensor([len(batch["audio"]), batch["skipped"]], dtype=torch.float64)

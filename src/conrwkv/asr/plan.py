@@ -15,12 +15,13 @@ from ..io import read_json
 from ..model import RWKV6
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
+from .oracle import ORACLE_FIELDS
 
 WEIGHTS_NAME = "asr"
 # The settings that decide which tensors were trained and what they mean: eval, predict and
 # merge take them from the weights' record, never from their own flags.
 TRAINED_AS = ("encoder_trainable", "projector", "downsample", "projector_hidden", "train_state",
-              "separator",
+              "separator", "lowercase", *ORACLE_FIELDS,
               "llm_train", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
@@ -50,11 +51,10 @@ def as_trained(weights: Path, model_given: dict, train_cfg: TrainConfig,
                                 f"and eval, predict and merge rebuild the model from it")
     record = read_json(record_path, "training record", ("model", "train", "asr"))
     trained_asr, trained_llm = record["asr"], record["model"]
-    # A record written before a setting existed was trained with its default (llm_train frozen).
-    defaults = AsrConfig()
+    # A record written before a setting existed was trained without it: the field's default.
+    defaults = {f.name: f.default for f in dataclasses.fields(AsrConfig)}
     asr_cfg = dataclasses.replace(asr_cfg, encoder=asr_cfg.encoder or trained_asr["encoder"],
-                                  **{name: trained_asr.get(name, getattr(defaults, name))
-                                     for name in TRAINED_AS})
+                                  **{name: trained_asr.get(name, defaults[name]) for name in TRAINED_AS})
     train_cfg = dataclasses.replace(train_cfg,
                                     load_model=train_cfg.load_model or record["train"]["load_model"])
     model_given = {**model_given,

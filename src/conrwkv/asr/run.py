@@ -33,9 +33,10 @@ from ..io import atomic_json_save, safe_torch_load
 from ..model import StepperCache
 from ..train.hardware import Hardware
 from ..train.trainer import fit, resolve_max_steps
-from .data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader
+from .data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader, transcript_ids
 from .decode import decode
 from .module import AsrModule
+from .oracle import ORACLE_FIELDS, oracle_label
 from .plan import WEIGHTS_NAME, as_trained, trained_weights
 from .speech_rwkv import SpeechRWKV
 
@@ -52,7 +53,7 @@ def build_speech_model(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrCo
     hardware = hardware or Hardware.of(train_cfg)
     if not train_cfg.load_model:
         raise ValueError("--load_model is required: the RWKV World .pth to state-tune")
-    if not asr_cfg.encoder:
+    if not asr_cfg.encoder and not asr_cfg.oracle_prefix:
         raise ValueError("--encoder is required: a local HuggingFace speech-encoder folder")
     return SpeechRWKV.from_pretrained(
         train_cfg.load_model, asr_cfg, conv_kernel=model_given.get("conv_kernel", 0),
@@ -99,14 +100,18 @@ def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
 
 @torch.no_grad()
 def transcribe(speech: SpeechRWKV, audio: list[np.ndarray], asr_cfg: AsrConfig, tokenizer,
-               steppers: StepperCache | None = None) -> list[str]:
-    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg, steppers)]
+               steppers: StepperCache | None = None, texts: list[str] | None = None) -> list[str]:
+    """The hypotheses for `audio`; with the oracle prefix, `texts` (the references) are its prefix."""
+    targets = transcript_ids(tokenizer, texts, asr_cfg) if speech.oracle is not None else None
+    return [tokenizer.decode(ids) for ids in decode(speech, audio, asr_cfg, steppers, targets)]
 
 
 def eval_folder_name(weights: Path, asr_cfg: AsrConfig) -> str:
-    """eval-<weights stem>-beam<B>-tps<T>, plus the eval filter and a non-default encoder
-    batching: each setting that changes the hypotheses is in the name."""
+    """eval-<weights stem>-beam<B>-tps<T>, plus the oracle probe, the eval filter and a
+    non-default encoder batching: each setting that changes the hypotheses is in the name."""
     parts = [f"eval-{weights.stem}", f"beam{asr_cfg.beam}", f"tps{asr_cfg.max_tokens_per_second:g}"]
+    if asr_cfg.oracle_prefix:
+        parts.append(oracle_label(asr_cfg))
     if asr_cfg.eval_max_duration:
         parts.append(f"max{asr_cfg.eval_max_duration:g}s")
     if asr_cfg.encoder_batching != "auto":
@@ -156,6 +161,7 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     names = corpus_names(specs)
     corpora = {name: (spec, *eval_dataset(spec, asr_cfg, flag)) for name, spec in zip(names, specs)}
     speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
+    asr_cfg = as_trained(weights, model_given, train_cfg, asr_cfg)[2]   # oracle and lowercase as trained
     tokenizer = WorldTokenizer()
     steppers = StepperCache()              # one CUDA-graph capture per batch size, not per batch
     out_dir = new_folder(weights.parent, eval_folder_name(weights, asr_cfg))
@@ -167,7 +173,7 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
                           desc=f"decoding {name}", unit="batch"):
             if not batch["audio"]:
                 continue
-            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer, steppers)
+            hyps += transcribe(speech, batch["audio"], asr_cfg, tokenizer, steppers, batch["texts"])
             ids += batch["ids"]
             refs += batch["texts"]
             seconds += sum(len(a) for a in batch["audio"]) / SAMPLE_RATE
@@ -179,7 +185,8 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     summary = {"weights": str(weights), "eval_dir": str(out_dir), "beam": asr_cfg.beam,
                "max_tokens_per_second": asr_cfg.max_tokens_per_second,
                "eval_max_duration": asr_cfg.eval_max_duration,
-               "encoder_batching": asr_cfg.encoder_batching, "splits": splits}
+               "encoder_batching": asr_cfg.encoder_batching,
+               **{name: getattr(asr_cfg, name) for name in ORACLE_FIELDS}, "splits": splits}
     atomic_json_save(summary, out_dir / "summary.json")
     table = format_wer_table(results, {name: s["utterances_in_corpus"] for name, s in splits.items()})
     notes = [note for name, s in splits.items() if (note := _left_out_note(name, s, asr_cfg))]
@@ -220,7 +227,12 @@ def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfi
     """Transcribe --audio files/folders; print each text and the real-time factor. A bad audio
     file stops with an error naming it, or with --skip_bad_audio is skipped and counted."""
     files = _audio_files(asr_cfg.audio)
-    speech, weights = load_trained(model_given, train_cfg, asr_cfg)
+    weights = trained_weights(train_cfg, asr_cfg)
+    if as_trained(weights, model_given, train_cfg, asr_cfg)[2].oracle_prefix:
+        raise ValueError(f"--op predict: {weights} was trained with --oracle_prefix, which feeds the "
+                         f"transcript in place of the speech, and new audio has none; score the "
+                         f"probe with --op eval on a corpus with transcripts")
+    speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
     tokenizer = WorldTokenizer()
     steppers = StepperCache()
     texts, skipped, seconds, start = {}, [], 0.0, time.perf_counter()

@@ -9,7 +9,8 @@ transcript follows the separator and token 0 (end of text in the World vocabular
 LLM is frozen except every layer's initial WKV state `time_state` and, when the conv is on, the
 Con-RWKV conv branches; the projector is trained; the encoder only when asked. Two comparison arms
 train the LLM's own weights too (llm_train): peft LoRA adapters on its linear layers, or the
-whole LLM.
+whole LLM. The oracle-prefix probe (oracle.py) puts the transcript's own embeddings in place of
+the speech, and then has no encoder or projector at all.
 
 The loss is the mean cross-entropy over transcript tokens and the end token only; audio and
 separator positions are never counted (RWKV-ASR divided by a count that included the audio, so its
@@ -35,30 +36,37 @@ from ..io import atomic_torch_save
 from ..model import RWKV6
 from ..model.official_format import ADAPTER_SUFFIXES
 from .encoder import SpeechEncoder
+from .oracle import OraclePrefix
 from .projector import Projector
 
 
 class SpeechRWKV(nn.Module):
-    def __init__(self, encoder: SpeechEncoder, projector: Projector, llm: RWKV6,
+    def __init__(self, encoder: SpeechEncoder | None, projector: Projector | None, llm: RWKV6,
                  separator_ids: list[int], eot_id: int = END_OF_TEXT, train_state: bool = True, *,
                  llm_train: str = "frozen", lora_rank: int = 8, lora_alpha: int = 16,
-                 lora_dropout: float = 0.0, lora_targets: tuple[str, ...] = LORA_TARGETS):
+                 lora_dropout: float = 0.0, lora_targets: tuple[str, ...] = LORA_TARGETS,
+                 oracle: OraclePrefix | None = None):
         """Wire the parts together and freeze what state tuning keeps fixed.
 
         `llm` must have been built with state_tuning=True (and conv_kernel > 0 for Con-RWKV).
         train_state=False keeps the initial states frozen (at what the checkpoint holds, zero
         for a plain World model): the projector-only baseline of SLAM-ASR. llm_train "lora"
         adds peft LoRA adapters (rank, alpha, dropout) to the linear layers named by
-        `lora_targets` and trains them; "full" trains every LLM weight."""
+        `lora_targets` and trains them; "full" trains every LLM weight. With an `oracle` the
+        prefix is the transcript, and encoder and projector must be None."""
         super().__init__()
         if not llm.config.state_tuning:
             raise ValueError("SpeechRWKV: the LLM has no time_state; build it with state_tuning=True "
                              "(RWKV6.from_checkpoint(path, state_tuning=True))")
         n_embd, vocab = llm.config.n_embd, llm.config.vocab_size
-        if projector.input_dim != encoder.output_dim:
+        if oracle is not None:
+            if encoder is not None or projector is not None:
+                raise ValueError("SpeechRWKV: the oracle prefix replaces the encoder and the "
+                                 "projector; pass None for both")
+        elif projector.input_dim != encoder.output_dim:
             raise ValueError(f"SpeechRWKV: projector takes {projector.input_dim}-d frames but the "
                              f"encoder {encoder.name!r} gives {encoder.output_dim}-d ones")
-        if projector.mlp[-1].out_features != n_embd:
+        elif projector.mlp[-1].out_features != n_embd:
             raise ValueError(f"SpeechRWKV: projector outputs {projector.mlp[-1].out_features}-d "
                              f"embeddings but the LLM has n_embd = {n_embd}")
         if not separator_ids or any(not 0 <= int(i) < vocab for i in separator_ids):
@@ -69,6 +77,7 @@ class SpeechRWKV(nn.Module):
         self.encoder = encoder
         self.projector = projector
         self.llm = llm
+        self.oracle = oracle
         self.eot_id = eot_id
         self.train_state = train_state
         self.register_buffer("separator_ids", torch.tensor([int(i) for i in separator_ids]),
@@ -84,7 +93,11 @@ class SpeechRWKV(nn.Module):
             # updates are too small for bf16 to hold.
             param.data = param.data.float()
             param.requires_grad_(True)
-        self.projector.float().requires_grad_(True)
+        if projector is not None:
+            self.projector.float().requires_grad_(True)
+        elif next(self._llm_adapters(), None) is None and llm_train == "frozen":
+            raise ValueError("--oracle_prefix trains no projector, and --no-train_state without "
+                             "--conv_kernel or --llm_train leaves nothing else to train")
 
     @classmethod
     def from_pretrained(cls, llm_path: str | os.PathLike, asr: AsrConfig, conv_kernel: int = 0, *,
@@ -101,14 +114,17 @@ class SpeechRWKV(nn.Module):
         if conv_kernel < 0:
             raise ValueError(f"conv_kernel must be >= 0 (0 = off), got {conv_kernel}")
         shape = {k: v for k, v in (("n_layer", n_layer), ("n_embd", n_embd)) if v is not None}
+        oracle = OraclePrefix.from_config(asr)     # a bad --oracle_* fails before the LLM loads
         if conv_kernel:
             llm_options["conv_kernel"] = conv_kernel
         llm = RWKV6.from_checkpoint(llm_path, dtype=llm_dtype, device=device, state_tuning=True,
                                     **shape, **llm_options)
-        encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype,
-                                batching=asr.encoder_batching)
-        projector = Projector(encoder.output_dim, llm.config.n_embd, hidden=asr.projector_hidden,
-                              downsample=asr.downsample, kind=asr.projector)
+        encoder = projector = None                 # the oracle reads no speech: nothing to load
+        if oracle is None:
+            encoder = SpeechEncoder(asr.encoder, trainable=asr.encoder_trainable, dtype=encoder_dtype,
+                                    batching=asr.encoder_batching)
+            projector = Projector(encoder.output_dim, llm.config.n_embd, hidden=asr.projector_hidden,
+                                  downsample=asr.downsample, kind=asr.projector)
         if tokenizer is None:
             from ..data.tokenizer import WorldTokenizer
             tokenizer = WorldTokenizer()
@@ -118,8 +134,8 @@ class SpeechRWKV(nn.Module):
         return cls(encoder, projector, llm, separator_ids, train_state=asr.train_state,
                    llm_train=asr.llm_train, lora_rank=asr.lora_rank, lora_alpha=asr.lora_alpha,
                    lora_dropout=asr.lora_dropout,
-                   lora_targets=tuple(t.strip() for t in asr.lora_targets.split(",") if t.strip())
-                   ).to(device)
+                   lora_targets=tuple(t.strip() for t in asr.lora_targets.split(",") if t.strip()),
+                   oracle=oracle).to(device)
 
     # ---------------------------------------------------------------- what is trained
     def _add_lora(self, rank: int, alpha: int, dropout: float, targets: tuple[str, ...]) -> None:
@@ -168,10 +184,11 @@ class SpeechRWKV(nn.Module):
         groups = {"state": {}, "adapter": {}}
         for name, param in self._llm_adapters():
             groups["state" if name.endswith("time_state") else "adapter"][name] = param
-        groups["adapter"].update((f"projector.{n}", p) for n, p in self.projector.named_parameters())
+        if self.projector is not None:
+            groups["adapter"].update((f"projector.{n}", p) for n, p in self.projector.named_parameters())
         if self.llm_train != "frozen":
             groups["llm"] = dict(self._llm_weights())
-        if self.encoder.trainable:
+        if self.encoder is not None and self.encoder.trainable:
             groups["encoder"] = {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
         return groups
 
@@ -264,10 +281,21 @@ class SpeechRWKV(nn.Module):
         embeddings, counts = self.projector(features.to(self.device), frame_counts.to(self.device))
         return [embeddings[i, :int(n)] for i, n in enumerate(counts.tolist())]
 
-    def prefixes(self, audio: list[np.ndarray]) -> list[Tensor]:
-        """One [S_i + P, n_embd] tensor per utterance: speech embeddings then the separator."""
+    def prefixes(self, audio: list[np.ndarray], targets: list[list[int]] | None = None) -> list[Tensor]:
+        """One [S_i + P, n_embd] tensor per utterance: speech embeddings then the separator.
+
+        With the oracle prefix the transcripts `targets` take the speech's place (and are
+        required); without it `targets` is not read."""
         separator = self.llm.emb(self.separator_ids)
-        return [torch.cat([speech.to(separator.dtype), separator]) for speech in self.embed_speech(audio)]
+        if self.oracle is None:
+            sources = self.embed_speech(audio)
+        elif targets is None:
+            raise ValueError("SpeechRWKV: the oracle prefix is the transcript; give the targets "
+                             "(transcribing new audio with --oracle_prefix is impossible)")
+        else:
+            self._check_targets(targets, len(audio))
+            sources = self.oracle.embed(self.llm.emb, targets, self.training)
+        return [torch.cat([source.to(separator.dtype), separator]) for source in sources]
 
     def _check_targets(self, targets: list[list[int]], batch: int) -> None:
         if len(targets) != batch:
@@ -286,7 +314,7 @@ class SpeechRWKV(nn.Module):
         """Per utterance: summed cross-entropy (fp32) over its transcript and end token, and the
         number of those tokens (len(target) + 1)."""
         self._check_targets(targets, len(audio))
-        prefixes = self.prefixes(audio)
+        prefixes = self.prefixes(audio, targets)
         rows, pos_rows, pos_cols, labels = [], [], [], []
         for i, (prefix, ids) in enumerate(zip(prefixes, targets)):
             ids = torch.tensor(list(ids), dtype=torch.long, device=self.device)
