@@ -81,3 +81,22 @@ def test_bad_arguments_are_named(setup, tmp_path, capsys):
     damaged.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="damaged.pth is not a readable .pth"):
         grid.parameter_count(damaged)
+
+
+@pytest.mark.parametrize("arm", list(grid.ARMS))
+def test_every_arm_is_a_training_the_cli_accepts(setup, tmp_path, arm, capsys):
+    from conrwkv import cli
+
+    args = grid.parse_args(["--lm", f"tiny={setup['llm']}", "--encoder", setup["encoder"],
+                            "--corpus", setup["corpus"], "--arms", arm, "--out", str(tmp_path),
+                            "--train_args", TRAIN_ARGS])
+    train, evaluate = grid.commands(grid.Cell("tiny", grid.Path(setup["llm"]), arm, 3), args)
+    assert train[1:3] == ["-m", "conrwkv"] and evaluate[1:3] == ["-m", "conrwkv"]
+    assert cli.main([*train[3:], "--dry_run"]) == 0
+    flags = json.loads(capsys.readouterr().out)["flags"]
+    assert flags["train"]["seed"] == 3
+    expected = {"projector": ("train_state", False), "state": ("train_state", True),
+                "state-conv": ("conv_kernel", 3), "lora": ("llm_train", "lora"),
+                "full": ("llm_train", "full"), "oracle": ("oracle_prefix", True)}[arm]
+    section = "model" if expected[0] == "conv_kernel" else "asr"
+    assert flags[section][expected[0]] == expected[1]
