@@ -95,11 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "punctuation), deduplicated, one document each ending in token 0; documents equal "
                     "to or containing a transcript of --exclude_splits of --corpus are left out, and "
                     "those of --val_splits become <out>/val.{bin,idx}. Documents and tokens per source "
-                    "are printed and written to <out>/meta.json. Sources (Debian package): "
+                    "are printed and written to <out>/lmtext-meta.json. Sources (Debian package): "
                     + ", ".join(f"{name} ({s.package})" for name, s in SOURCES.items())
                     + "; install them with setup.sh (as root) or apt-get.")
     lmtext.add_argument("--corpus", required=True, help="speech corpus whose test text must stay unseen")
-    lmtext.add_argument("--out", required=True, help="output folder for train/val binidx files and meta.json")
+    lmtext.add_argument("--out", required=True,
+                        help="output folder for train/val binidx files and lmtext-meta.json")
     lmtext.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
                         metavar="SOURCE", help="text sources to read, in this order (default: all: "
                                                f"{' '.join(SOURCES)})")
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
                   f"{counts['copy_documents']:>7} copies {counts['copy_tokens']:>9} tokens, "
                   f"{counts['duplicates']} duplicates, "
                   f"{counts['excluded_exact'] + counts['excluded_containing']} excluded")
-        print(f"lmtext: {meta['train_tokens']} train tokens in {args.out}/train (meta.json beside it)")
+        print(f"lmtext: {meta['train_tokens']} train tokens in {args.out}/train (lmtext-meta.json beside it)")
     else:
         utterances = load_corpus(args.source, args.split, text_column=args.text_column,
                                  skip_bad_audio=args.skip_bad_audio, min_duration=args.min_duration,

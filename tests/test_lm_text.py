@@ -1,6 +1,6 @@
 """The LM text builder on tiny fixtures of the Debian packages: normalisation, the eval-sentence
 filter (exact and contained), deduplication across sources, copy documents, the token counts in
-meta.json, and the `dataset2.py lmtext` command line."""
+lmtext-meta.json, and the `dataset2.py lmtext` command line."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_train_val_and_meta(wordnet, tmp_path):
         "licence"], "folder": str(wordnet), **counts}}
     assert meta["total"] == counts and meta["train_tokens"] == counts["tokens"]
     assert meta["val_documents"] == 2 and meta["excluded_sentences"] == 3
-    assert json.loads((tmp_path / "lm" / "meta.json").read_text()) == meta
+    assert json.loads((tmp_path / "lm" / "lmtext-meta.json").read_text()) == meta
     assert BinidxReader(tmp_path / "lm" / "train").n_tokens == meta["train_tokens"]
 
     meta = write_lm_text(tmp_path / "no_val", ["wordnet"], exclude=set(), folders={"wordnet": wordnet})
@@ -205,7 +205,7 @@ def test_lmtext_command_line(tmp_path, capsys):
     cli = dataset2_cli()
     assert cli.main(["lmtext", "--corpus", str(corpus), "--out", str(tmp_path / "lm"), *source_dirs]) == 0
     printed = capsys.readouterr().out
-    meta = json.loads((tmp_path / "lm" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "lm" / "lmtext-meta.json").read_text())
     assert list(meta["sources"]) == list(folders)
     for name in (*folders, "total"):
         assert re.search(rf"^ *{name}: +\d+ documents +\d+ tokens", printed, re.MULTILINE)

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 _NOT_A_WORD_CHARACTER = re.compile(r"[^a-z']+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-META_FILE = "meta.json"
+# Not "meta.json": train.py takes a folder holding meta.json for datanew.py's Markov data.
+META_FILE = "lmtext-meta.json"
 
 
 def normalize_text(text: str) -> str:
@@ -108,7 +109,7 @@ def write_lm_text(out: str | os.PathLike, sources: Sequence[str], exclude: Itera
     """Write `<out>/train.{bin,idx}` (the documents of `sources` in that order, deduplicated,
     without those matching `exclude`, and for a `copy_fraction` of them, chosen at random, also
     a "sentence <separator> sentence" document), `<out>/val.{bin,idx}` when val_texts are given,
-    and `<out>/meta.json` with the counts (documents and tokens per source and in total), which
+    and `<out>/lmtext-meta.json` with the counts (documents and tokens per source and in total), which
     are also returned. `folders` replaces the Debian install folder of some sources."""
     if not 0.0 <= copy_fraction <= 1.0:
         raise ValueError(f"copy_fraction must be in [0, 1], got {copy_fraction}")
