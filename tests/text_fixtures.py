@@ -25,7 +25,8 @@ WORDNET = {
     "data.adv": ['00005000 02 r 01 slowly 0 000 | without haste  '],
 }
 
-GCIDE_ENTRY = """Aerate \\A"["e]r*ate\\, v. t. [imp. & p. p. {A["e]rated}; p. pr. &
+GCIDE_ENTRY = """Aerate \\A"["e]r*ate\\ (a["e]r"[=a]t),
+   v. t. [imp. & p. p. {A["e]rated}; p. pr. &
    vb. n. {A["e]rating}.] [Cf. F. a['e]rer. See {Air}, v. t.]
    1. To combine or charge with gas; usually with carbonic acid
       gas, formerly called fixed air.
@@ -36,6 +37,9 @@ GCIDE_ENTRY = """Aerate \\A"["e]r*ate\\, v. t. [imp. & p. p. {A["e]rated}; p. pr
       [1913 Webster]
 
    2. (Physiol.) To expose to the chemical action of air.
+      [1913 Webster]
+
+   3. (a) To fill with air. (b) To stir.
       [1913 Webster]
 
    Note: This is said of the blood in 1850.
@@ -63,7 +67,8 @@ FOLDOC_ENTRY = """Cost/Schedule Control System Criteria
 C/SCSC
 
    <project> (C/SCSC) A set of criteria specified by the {Federal
-   Government}.
+   Government}.  See {(http://example.org/c-scsc.html)} and {Home
+   (https://www.example.org/)}, www.example.org/x.
 
    (1996-05-29)
 """

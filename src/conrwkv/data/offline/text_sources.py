@@ -107,6 +107,12 @@ def _without_headword_block(entry: str) -> str:
     return entry.split("\n\n", 1)[1] if "\n\n" in entry.strip("\n") else ""
 
 
+def _without_urls(text: str) -> str:
+    """Drop web addresses, which FOLDOC and the Jargon File link as {(http://...)} or
+    {Name (http://...)}: read aloud they are no English."""
+    return re.sub(r"\S*(?:://|www\.)[^\s)}]*\)?", " ", text)
+
+
 def _remove_bracket_groups(text: str) -> str:
     """Drop every [...] group, innermost first (gcide nests accents inside etymologies)."""
     while True:
@@ -126,10 +132,13 @@ def gcide_documents(folder: Path = DICTD_DIR) -> Iterator[str]:
         entry = re.sub(r"\\[^\\\n]*\\", " ", entry)          # pronunciation \Ab*ase"ment\
         entry = _remove_bracket_groups(entry)                # etymology, source and region tags
         entry = entry.split("\n", 1)[1] if "\n" in entry else ""   # the headword line
+        # and the part of speech when the headword line ran over ("   n. [Sp., a tube...")
+        entry = re.sub(r"^[\s,;&]*(?:[a-z]{1,5}\.[\s,;&]*)+", "", entry)
         for paragraph in _paragraphs(entry):
             if paragraph.startswith("Syn:"):
                 continue
-            paragraph = re.sub(r"^(\d+\.|\([a-z]\))\s*", "", paragraph)     # sense numbers
+            paragraph = re.sub(r"^\d+\.\s*", "", paragraph)                 # sense numbers
+            paragraph = re.sub(r"(?:^|\s)\([a-z]\)\s", " ", paragraph)      # sub-senses (a), (b)
             paragraph = re.sub(r"^Note:\s*", "", paragraph)
             paragraph = re.sub(r"\s--\S.*$", "", paragraph)                  # --Author. Book
             paragraph = re.sub(r"\((?:[A-Z][a-z]*\.\s*)+\)", " ", paragraph)  # (Zool.) field labels
@@ -148,14 +157,14 @@ def devil_documents(folder: Path = DICTD_DIR) -> Iterator[str]:
 def jargon_documents(folder: Path = DICTD_DIR) -> Iterator[str]:
     """Each paragraph of the Jargon File's entries, without usage tags ("[IRC; common]")."""
     for entry in dictd_entries(folder, "jargon", "dict-jargon"):
-        text = _remove_bracket_groups(_without_headword_block(entry))
+        text = _remove_bracket_groups(_without_urls(_without_headword_block(entry)))
         yield from _paragraphs(text.replace("{", "").replace("}", ""))
 
 
 def foldoc_documents(folder: Path = DICTD_DIR) -> Iterator[str]:
     """Each paragraph of FOLDOC's entries, without subject tags ("<programming>") and dates."""
     for entry in dictd_entries(folder, "foldoc", "dict-foldoc"):
-        text = re.sub(r"<[^<>\n]*>", " ", _without_headword_block(entry))
+        text = re.sub(r"<[^<>\n]*>", " ", _without_urls(_without_headword_block(entry)))
         text = text.replace("{", "").replace("}", "")
         for paragraph in _paragraphs(text):
             if not re.fullmatch(r"\(\d{4}-\d{2}-\d{2}\)", paragraph):
