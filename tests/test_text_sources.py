@@ -94,9 +94,9 @@ def test_fortune_cookies_without_attributions_and_pictures(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_a_missing_package_names_its_apt_get_command(tmp_path, name):
-    source = SOURCES[name]
-    with pytest.raises(FileNotFoundError, match=rf"install the Debian package.*{source.package.split()[0]}"):
-        list(source.reader(tmp_path))
+    command = f"apt-get install {SOURCES[name].package.split()[0]}"
+    with pytest.raises(FileNotFoundError, match=rf"install the Debian package with `{command}`"):
+        list(SOURCES[name].reader(tmp_path))
 
 
 def test_every_source_reads_its_fixture(tmp_path):

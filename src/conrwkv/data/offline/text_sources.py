@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .synth import WORDNET_DIR, wordnet_glosses
+from .synth import WORDNET_DIR, WORDNET_FILES, wordnet_glosses
 
 DICTD_DIR = Path("/usr/share/dictd")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -50,6 +50,8 @@ def require_file(path: Path, package: str) -> Path:
 
 def wordnet_documents(folder: Path = WORDNET_DIR) -> Iterator[str]:
     """Each definition (the parts of a gloss between ";") and each quoted example of WordNet."""
+    for name in WORDNET_FILES:        # checked first, for the same message as every other source
+        require_file(Path(folder) / name, "wordnet-base")
     for gloss in wordnet_glosses(folder):
         examples = re.findall(r'"([^"]+)"', gloss)
         definition = re.sub(r'"[^"]*"', " ", gloss)
