@@ -106,7 +106,7 @@ def _paragraphs(text: str) -> Iterator[str]:
 def _without_headword_block(entry: str) -> str:
     """An entry of jargon or foldoc minus its first lines (headword, pronunciation, acronym),
     which end at the first blank line."""
-    return entry.split("\n\n", 1)[1] if "\n\n" in entry.strip("\n") else ""
+    return entry.strip("\n").partition("\n\n")[2]
 
 
 def _without_urls(text: str) -> str:
