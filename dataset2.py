@@ -1,12 +1,12 @@
 """Speech data command line for RWKV-ASR: a synthetic LibriSpeech-format corpus for offline runs,
-its compact Opus pack for carrying to another machine, English LM text from the same source,
+its compact Opus pack for carrying to another machine, English LM text from Debian packages,
 and JSONL manifests from any supported speech source. The logic lives in conrwkv.data.offline.synth,
-corpus_pack, wordnet_text and speech; this file only reads flags.
+corpus_pack, text_sources, lm_text and speech; this file only reads flags.
 
     python dataset2.py synth --out data/synth --train 200 --dev 40 --test_clean 40 --test_other 40
     python dataset2.py pack --corpus data/synth --out data/synth.tar
     python dataset2.py unpack --pack data/synth.tar --out data/synth
-    python dataset2.py lmtext --corpus data/synth --out data/wordnet-lm
+    python dataset2.py lmtext --corpus data/synth --out data/lm-text --copy_fraction 0.2
     python dataset2.py manifest --source data/LibriSpeech --split test-clean --out test-clean.jsonl
 """
 
@@ -18,6 +18,7 @@ import math
 import sys
 
 from conrwkv.data.offline.corpus_pack import pack_corpus, unpack_corpus
+from conrwkv.data.offline.lm_text import corpus_transcripts, write_lm_text
 from conrwkv.data.offline.synth import (
     DEFAULT_HELDOUT_VOICES,
     DEFAULT_SPEEDS,
@@ -25,7 +26,7 @@ from conrwkv.data.offline.synth import (
     SynthConfig,
     synthesize_corpus,
 )
-from conrwkv.data.offline.wordnet_text import corpus_transcripts, write_wordnet_lm_data
+from conrwkv.data.offline.text_sources import SOURCES
 from conrwkv.data.speech import load_corpus, write_manifest
 
 
@@ -88,22 +89,35 @@ def build_parser() -> argparse.ArgumentParser:
     unpack.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
     lmtext = commands.add_parser(
-        "lmtext", help="write WordNet glosses and examples as LM training text (binidx, World tokens)",
-        description="Write <out>/train.{bin,idx}: every WordNet definition and example sentence, "
-                    "normalised like the recogniser's targets (lowercase words, no punctuation), one "
-                    "document each ending in token 0; the transcripts of --exclude_splits of --corpus "
-                    "are left out, and those of --val_splits become <out>/val.{bin,idx}.")
+        "lmtext", help="write English text from Debian packages as LM training text (binidx, World tokens)",
+        description="Write <out>/train.{bin,idx}: the paragraphs, definitions and quotations of "
+                    "--sources, normalised like the recogniser's targets (lowercase words, no "
+                    "punctuation), deduplicated, one document each ending in token 0; documents equal "
+                    "to or containing a transcript of --exclude_splits of --corpus are left out, and "
+                    "those of --val_splits become <out>/val.{bin,idx}. Documents and tokens per source "
+                    "are printed and written to <out>/lmtext-meta.json. Sources (Debian package): "
+                    + ", ".join(f"{name} ({s.package})" for name, s in SOURCES.items())
+                    + "; install them with setup.sh (as root) or apt-get.")
     lmtext.add_argument("--corpus", required=True, help="speech corpus whose test text must stay unseen")
-    lmtext.add_argument("--out", required=True, help="output folder for train/val binidx files")
+    lmtext.add_argument("--out", required=True,
+                        help="output folder for train/val binidx files and lmtext-meta.json")
+    lmtext.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
+                        metavar="SOURCE", help="text sources to read, in this order (default: all: "
+                                               f"{' '.join(SOURCES)})")
+    lmtext.add_argument("--source_dir", action="append", default=[], metavar="SOURCE=FOLDER",
+                        help="read SOURCE from FOLDER (the package's files in the same format) instead "
+                             "of where its Debian package installs them; repeatable")
     lmtext.add_argument("--exclude_splits", nargs="+", default=["dev", "test-clean", "test-other"],
                         help="splits of --corpus whose transcripts are left out of the LM text")
     lmtext.add_argument("--val_splits", nargs="*", default=["dev"],
                         help="splits of --corpus whose transcripts become the LM validation text")
     lmtext.add_argument("--copy_fraction", type=float, default=0.0,
-                        help="share of texts also written as 'text # text', the recogniser's layout, "
-                             "so that a small LM learns to repeat what it read (0: none)")
+                        help="share of documents one of whose sentences is also written as "
+                             "'sentence # sentence', the recogniser's layout, so that a small LM learns "
+                             "to repeat what it read (0: none)")
     lmtext.add_argument("--separator", default="#",
                         help="separator of the copy documents (AsrConfig.separator)")
+    lmtext.add_argument("--seed", type=int, default=0, help="seed for the choice of copy documents")
 
     manifest = commands.add_parser(
         "manifest", help="write a JSONL manifest (id, audio, text, duration) from any supported source",
@@ -155,10 +169,23 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "unpack":
         unpack_corpus(args.pack, args.out, workers=args.workers or None, progress=not args.no_progress)
     elif args.command == "lmtext":
-        write_wordnet_lm_data(args.out, exclude=corpus_transcripts(args.corpus, args.exclude_splits),
-                              val_texts=corpus_transcripts(args.corpus, args.val_splits)
-                              if args.val_splits else (), copy_fraction=args.copy_fraction,
-                              separator=args.separator)
+        folders = {}
+        for item in args.source_dir:
+            name, equals, folder = item.partition("=")
+            if not equals or not folder:
+                raise ValueError(f"--source_dir {item!r}: expected SOURCE=FOLDER")
+            folders[name] = folder
+        meta = write_lm_text(args.out, args.sources,
+                             exclude=corpus_transcripts(args.corpus, args.exclude_splits),
+                             val_texts=corpus_transcripts(args.corpus, args.val_splits)
+                             if args.val_splits else (), folders=folders,
+                             copy_fraction=args.copy_fraction, separator=args.separator, seed=args.seed)
+        for name, counts in (*meta["sources"].items(), ("total", meta["total"])):
+            print(f"{name:>9}: {counts['documents']:>8} documents {counts['tokens']:>10} tokens, "
+                  f"{counts['copy_documents']:>7} copies {counts['copy_tokens']:>9} tokens, "
+                  f"{counts['duplicates']} duplicates, "
+                  f"{counts['excluded_exact'] + counts['excluded_containing']} excluded")
+        print(f"lmtext: {meta['train_tokens']} train tokens in {args.out}/train (lmtext-meta.json beside it)")
     else:
         utterances = load_corpus(args.source, args.split, text_column=args.text_column,
                                  skip_bad_audio=args.skip_bad_audio, min_duration=args.min_duration,

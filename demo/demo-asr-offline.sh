@@ -2,13 +2,16 @@
 # RWKV-ASR offline: the SLAM-ASR recipe at small scale with nothing downloaded, to measure whether
 # state tuning through a frozen encoder and a frozen RWKV-6 learns to transcribe, with an ablation.
 #
-#   prepare  (CPU with espeak-ng, flite and wordnet-base installed: about 10 minutes on 2 cores)
+#   prepare  (CPU with the Debian packages of setup.sh installed: about 11 minutes on 2 cores)
 #            synthetic corpus (dataset2.py synth), its Opus pack for carrying (dataset2.py pack),
-#            and English LM text from WordNet minus the dev/test sentences (dataset2.py lmtext)
+#            and 7.3M tokens of English LM text from WordNet, GCIDE, the Devil's Dictionary, the
+#            Jargon File, FOLDOC and fortunes minus the dev/test sentences (dataset2.py lmtext)
 #   encoder  (GPU, 450 s on an H100 with ENC_TIME_LIMIT=450) a small HuBERT trained with CTC on the training split (HubertForCTC,
 #            save_pretrained): the stand-in for hubert-large-ls960-ft; greedy CTC WER per split
-#   lm       (GPU, 100 s) a small RWKV-6 pretrained on the LM text, saved as an official .pth
-#   slam     (GPU, 6 min with PARALLEL_RUNS=1) both frozen; trained: projector only / projector + state / projector + state +
+#   lm       (GPU, 100 s for 6x384) one RWKV-6 per size of LM_SIZES pretrained on the LM text
+#            (train.py --task lm --compile), each in $RUN_DIR/lm/<size>/, saved as an official .pth
+#   slam     (GPU, 6 min with PARALLEL_RUNS=1) the encoder and the SLAM_LM language model, both
+#            frozen; trained: projector only / projector + state / projector + state +
 #            conv; corpus WER on test-clean (seen voices) and test-other (held-out voices), and
 #            one table of all three (ablation.md, ablation.json)
 #
@@ -17,8 +20,9 @@
 #         sh demo/demo-asr-offline.sh --dry_run
 # Every variable below can be edited here or set in the environment. The encoder and lm stages
 # are independent and can run at the same time on one GPU. A stage whose result exists is
-# skipped (delete its folder to redo it). Measured results, with what limits them at this
-# scale: docs/results.md.
+# skipped (delete its folder to redo it); a language model stopped part way resumes from its
+# newest checkpoint (LM_SAVE_EVERY) when the stage runs again. Measured results, with what
+# limits them at this scale: docs/results.md.
 # --dry_run (the only argument): every train.py call gets --dry_run and prints what it will use
 # (JSON); the commands that would make data, the encoder or the ablation table are printed
 # instead of run; nothing is written.
@@ -40,19 +44,21 @@ ENC_BATCH=${ENC_BATCH:-32}
 ENC_LR=${ENC_LR:-1.5e-3}
 ENC_TIME_LIMIT=${ENC_TIME_LIMIT:-0}   # seconds: stop early and keep the model (0: run all steps)
 
-# ---- language model ----
-LM_LAYERS=${LM_LAYERS:-6}
-LM_EMBD=${LM_EMBD:-384}
-LM_HEAD_SIZE=${LM_HEAD_SIZE:-64}  # the official models' WKV head size
+# ---- language models: a ladder of sizes, <layers>x<embedding>, each trained in turn ----
+LM_SIZES=${LM_SIZES:-6x384 12x768 24x1024}
+SLAM_LM=${SLAM_LM:-${LM_SIZES%% *}}   # the size the slam stage builds on (default: the first)
+LM_HEAD_SIZE=${LM_HEAD_SIZE:-64}  # the official models' WKV head size (divides every embedding)
 LM_CTX=${LM_CTX:-128}
 LM_BSZ=${LM_BSZ:-64}
-LM_STEPS=${LM_STEPS:-600}      # 1.77M tokens: a 1200-step run overfitted after step 400 (docs/results.md)
-LM_LR=${LM_LR:-1e-3}
+LM_STEPS=${LM_STEPS:-600}      # 4.9M tokens seen of 7.3M (WordNet alone, 1.77M: 1200 steps overfitted, docs/results.md)
+LM_LR=${LM_LR:-1e-3}           # one rate for every size (tuned on 6x384 only)
 LM_LR_FINAL=${LM_LR_FINAL:-1e-4}
 LM_WARMUP=${LM_WARMUP:-50}
 LM_VAL_EVERY=${LM_VAL_EVERY:-100}
 LM_VAL_BATCHES=${LM_VAL_BATCHES:-4}
-LM_COPY_FRACTION=${LM_COPY_FRACTION:-0}   # >0: also "text # text" documents (wordnet_text.py); 0.5 did worse
+LM_SAVE_EVERY=${LM_SAVE_EVERY:-200}   # steps between resumable checkpoints
+LM_SOURCES=${LM_SOURCES:-wordnet gcide devil jargon foldoc fortunes}   # dataset2.py lmtext --sources
+LM_COPY_FRACTION=${LM_COPY_FRACTION:-0}   # >0: also "sentence # sentence" documents (lm_text.py); 0.5 did worse on WordNet
 
 # ---- SLAM state tuning ----
 ASR_BSZ=${ASR_BSZ:-16}
@@ -100,8 +106,9 @@ stage_prepare() {
     --test_clean "$N_TEST_CLEAN" --test_other "$N_TEST_OTHER" --no_progress
   [ -f "$PACK" ] || run_or_print python dataset2.py pack --corpus "$CORPUS" --out "$PACK" \
     --no_progress
+  # shellcheck disable=SC2086 # LM_SOURCES is a list of words
   [ -f "$LM_TEXT/train.idx" ] || run_or_print python dataset2.py lmtext --corpus "$CORPUS" \
-    --out "$LM_TEXT" --copy_fraction "$LM_COPY_FRACTION"
+    --out "$LM_TEXT" --sources $LM_SOURCES --copy_fraction "$LM_COPY_FRACTION"
 }
 
 stage_encoder() {
@@ -114,13 +121,19 @@ stage_encoder() {
     --no_progress
 }
 
-# The newest LM weights; in a dry run before the lm stage, the file it will write.
+# The weights a finished LM run of size $1 writes (its last step's file).
 lm_weights() {
-  found=$(ls "$RUN_DIR"/lm/rwkv-step*.pth 2>/dev/null | tail -n 1)
-  if [ -z "$found" ] && [ -n "$dry_run" ]; then
-    found=$RUN_DIR/lm/rwkv-step$(printf %06d "$LM_STEPS").pth
-  fi
-  echo "$found"
+  echo "$RUN_DIR/lm/$1/rwkv-step$(printf %06d "$LM_STEPS").pth"
+}
+
+# size "<layers>x<embedding>" -> "<layers> <embedding>", or exit naming LM_SIZES / SLAM_LM
+lm_shape() {
+  case $1 in
+    *[!0-9x]*|x*|*x|*x*x*|"") ;;
+    *x*) echo "${1%x*} ${1#*x}"; return ;;
+  esac
+  echo "demo-asr-offline: LM size '$1' in LM_SIZES or SLAM_LM is not <layers>x<embedding> (e.g. 12x768)" >&2
+  exit 2
 }
 
 # file, then a command: show the command's output as it comes and keep it in the file (only when
@@ -136,19 +149,25 @@ tee_to() {
 }
 
 stage_lm() {
-  if [ -f "$(lm_weights)" ]; then echo "lm: $(lm_weights) exists, kept"; return; fi
-  # --devices 1: every stage is sized for one GPU (PARALLEL_RUNS shares it between runs)
-  python train.py --task lm --op train --data_file "$LM_TEXT/train" --val_file "$LM_TEXT/val" \
-    --n_layer "$LM_LAYERS" --n_embd "$LM_EMBD" --head_size "$LM_HEAD_SIZE" --ctx_len "$LM_CTX" \
-    --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final "$LM_LR_FINAL" \
-    --warmup_steps "$LM_WARMUP" --val_every "$LM_VAL_EVERY" --val_batches "$LM_VAL_BATCHES" \
-    --precision "$PRECISION" --devices 1 --proj_dir "$RUN_DIR/lm" $dry_run
+  for size in $LM_SIZES; do lm_shape "$size" > /dev/null; done   # every size checked before any run
+  for size in $LM_SIZES; do
+    shape=$(lm_shape "$size")
+    if [ -f "$(lm_weights "$size")" ]; then echo "lm: $(lm_weights "$size") exists, kept"; continue; fi
+    # --devices 1: every stage is sized for one GPU (PARALLEL_RUNS shares it between runs); a
+    # folder holding a checkpoint of this run is resumed by train.py itself
+    python train.py --task lm --op train --data_file "$LM_TEXT/train" --val_file "$LM_TEXT/val" \
+      --n_layer "${shape% *}" --n_embd "${shape#* }" --head_size "$LM_HEAD_SIZE" --ctx_len "$LM_CTX" \
+      --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final "$LM_LR_FINAL" \
+      --warmup_steps "$LM_WARMUP" --val_every "$LM_VAL_EVERY" --val_batches "$LM_VAL_BATCHES" \
+      --save_every "$LM_SAVE_EVERY" --compile --precision "$PRECISION" --devices 1 \
+      --proj_dir "$RUN_DIR/lm/$size" $dry_run
+  done
 }
 
 # name, then the training flags of this configuration
 slam_run() {
   name=$1; shift
-  python train.py --task asr --op train --load_model "$(lm_weights)" --encoder "$RUN_DIR/encoder" \
+  python train.py --task asr --op train --load_model "$(lm_weights "$SLAM_LM")" --encoder "$RUN_DIR/encoder" \
     --data_file "$CORPUS/train" --val_file "$CORPUS/dev" --micro_bsz "$ASR_BSZ" --epochs "$ASR_EPOCHS" \
     --lr_state_init "$ASR_LR_STATE" --lr_init "$ASR_LR_ADAPTER" --lr_final "$ASR_LR_ADAPTER_FINAL" \
     --warmup_steps "$ASR_WARMUP" --precision "$PRECISION" --devices 1 \
@@ -160,9 +179,10 @@ slam_run() {
 }
 
 stage_slam() {
+  lm_shape "$SLAM_LM" > /dev/null
   ensure_corpus
-  if [ -z "$dry_run" ] && { [ -z "$(lm_weights)" ] || [ ! -f "$RUN_DIR/encoder/config.json" ]; }; then
-    echo "demo-asr-offline: the slam stage needs the encoder and lm stages first" >&2
+  if [ -z "$dry_run" ] && { [ ! -f "$(lm_weights "$SLAM_LM")" ] || [ ! -f "$RUN_DIR/encoder/config.json" ]; }; then
+    echo "demo-asr-offline: the slam stage needs the encoder and the lm stage's $SLAM_LM model first" >&2
     exit 1
   fi
   if [ "$PARALLEL_RUNS" = 1 ] && [ -z "$dry_run" ]; then   # (a dry run writes no logs)

@@ -119,16 +119,24 @@ def test_the_offline_demo_dry_runs_every_train_py_call_and_prints_the_rest(dry_r
     out = dry_runs["demo-asr-offline.sh"][1]
     plans = printed_json(out)
     slam = [("asr", "train"), ("asr", "eval")]
-    assert [(p["task"], p["op"]) for p in plans] == [("lm", "train"), *slam, *slam, *slam]
-    assert plans[0]["flags"]["model"]["n_layer"] == 6
-    trains = {Path(p["flags"]["train"]["proj_dir"]).name: p for p in plans[1::2]}
+    assert [(p["task"], p["op"]) for p in plans] == [*[("lm", "train")] * 3, *slam, *slam, *slam]
+    # the LM ladder, each size compiled in a folder of its own
+    assert [(p["flags"]["model"]["n_layer"], p["flags"]["model"]["n_embd"]) for p in plans[:3]] == [
+        (6, 384), (12, 768), (24, 1024)]
+    assert [p["flags"]["train"]["proj_dir"] for p in plans[:3]] == [
+        f"output/asr-offline/lm/{size}" for size in ("6x384", "12x768", "24x1024")]
+    assert all(p["flags"]["train"]["compile"] for p in plans[:3])
+    trains = {Path(p["flags"]["train"]["proj_dir"]).name: p for p in plans[3::2]}
     assert not trains["slam-projector"]["flags"]["asr"]["train_state"]
     assert trains["slam-state-conv"]["flags"]["model"]["conv_kernel"] == 3
-    assert trains["slam-state"]["flags"]["train"]["load_model"] == "output/asr-offline/lm/rwkv-step000600.pth"
-    for evaluate in plans[2::2]:
+    assert trains["slam-state"]["flags"]["train"]["load_model"] == (
+        "output/asr-offline/lm/6x384/rwkv-step000600.pth")
+    for evaluate in plans[4::2]:
         assert "epochs" not in evaluate["flags"]["train"] and "conv_kernel" not in evaluate["flags"]["model"]
     assert "would run: python dataset2.py synth --out data/asr-offline/corpus" in out
     assert "would run: python -m conrwkv.asr.ctc_encoder" in out
+    assert "would run: python dataset2.py lmtext --corpus data/asr-offline/corpus --out data/asr-offline/" \
+           "lm-text --sources wordnet gcide devil jargon foldoc fortunes --copy_fraction 0" in out
 
 
 # Stands in for python on PATH: each call's arguments go to $CALLS; "training" succeeds at once;
@@ -181,12 +189,13 @@ def run_slam_stage(tmp_path: Path, ablation_status: int) -> subprocess.Completed
     data, runs = tmp_path / "data", tmp_path / "runs"
     (data / "corpus").mkdir(parents=True, exist_ok=True)
     (data / "corpus" / "meta.json").write_text("{}")
-    (runs / "lm").mkdir(parents=True, exist_ok=True)
-    (runs / "lm" / "rwkv-step000010.pth").write_bytes(b"")
+    (runs / "lm" / "6x384").mkdir(parents=True, exist_ok=True)
+    (runs / "lm" / "6x384" / "rwkv-step000010.pth").write_bytes(b"")
     (runs / "encoder").mkdir(exist_ok=True)
     (runs / "encoder" / "config.json").write_text("{}")
     return run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
-        "STAGES": "slam", "DATA": str(data), "RUN_DIR": str(runs), "ABLATION_STATUS": str(ablation_status)})
+        "STAGES": "slam", "DATA": str(data), "RUN_DIR": str(runs), "ABLATION_STATUS": str(ablation_status),
+        "LM_STEPS": "10", "SLAM_LM": "6x384"})
 
 
 def test_a_failing_ablation_fails_the_offline_demo_and_leaves_no_table(tmp_path):
@@ -202,3 +211,28 @@ def test_a_passing_ablation_keeps_its_table(tmp_path):
     assert (tmp_path / "runs" / "ablation.md").read_text() == "| configuration | test-clean WER |\n"
     assert out.stdout.endswith("| configuration | test-clean WER |\n")
     assert len(calls(tmp_path)) == 3 * 2 + 1             # train and eval of each run, the table
+
+
+def test_the_lm_stage_trains_each_size_not_yet_finished(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "lm" / "12x768").mkdir(parents=True)
+    (runs / "lm" / "12x768" / "rwkv-step000050.pth").write_bytes(b"")     # finished: kept
+    (runs / "lm" / "2x64").mkdir(parents=True)
+    (runs / "lm" / "2x64" / "rwkv-step000020.pth").write_bytes(b"")       # stopped part way
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
+        "STAGES": "lm", "RUN_DIR": str(runs), "LM_STEPS": "50", "LM_SIZES": "2x64 12x768 4x128"})
+    assert out.returncode == 0, out.stderr
+    assert f"lm: {runs}/lm/12x768/rwkv-step000050.pth exists, kept" in out.stdout
+    trained = [call.split() for call in calls(tmp_path)]
+    assert [(c[c.index("--n_layer") + 1], c[c.index("--n_embd") + 1], c[c.index("--proj_dir") + 1])
+            for c in trained] == [("2", "64", f"{runs}/lm/2x64"), ("4", "128", f"{runs}/lm/4x128")]
+    assert all("--compile" in c and "--max_steps" in c for c in trained)
+
+
+@pytest.mark.parametrize("env", [{"LM_SIZES": "6x384 12by768"}, {"LM_SIZES": "6x"},
+                                 {"STAGES": "slam", "SLAM_LM": "x384"}])
+def test_a_malformed_lm_size_is_refused(tmp_path, env):
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
+        "STAGES": "lm", "RUN_DIR": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), **env})
+    assert out.returncode == 2
+    assert "is not <layers>x<embedding> (e.g. 12x768)" in out.stderr
