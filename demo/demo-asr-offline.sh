@@ -14,6 +14,12 @@
 #            frozen; trained: projector only / projector + state / projector + state +
 #            conv; corpus WER on test-clean (seen voices) and test-other (held-out voices), and
 #            one table of all three (ablation.md, ablation.json)
+#   grid     (GPU; not in the default STAGES) every LM of LM_SIZES x GRID_ARMS x GRID_SEEDS
+#            (python -m conrwkv.asr.grid): one run folder per cell in $RUN_DIR/grid, resumable
+#            across calls of GRID_BUDGET seconds; each call that scores cells writes a new
+#            $RUN_DIR/grid/summary*/ with grid.md, grid.json and grid.png (WER against LM size,
+#            one line per arm). Arms: projector, state, state-conv, lora (peft LoRA on the LLM),
+#            full (the whole LLM trained), oracle (the transcript as the prefix: no speech)
 #
 # Usage:  STAGES="prepare" sh demo/demo-asr-offline.sh          (stages run in the order given)
 #         STAGES="encoder lm slam" sh demo/demo-asr-offline.sh
@@ -69,6 +75,12 @@ ASR_LR_ADAPTER_FINAL=${ASR_LR_ADAPTER_FINAL:-1e-5}
 ASR_WARMUP=${ASR_WARMUP:-50}
 ASR_BEAM=${ASR_BEAM:-1}
 CONV_KERNEL=${CONV_KERNEL:-3}
+
+# ---- the grid (stage grid): LM size x arm x seed, with the SLAM settings above ----
+GRID_ARMS=${GRID_ARMS:-projector,state,state-conv,lora,full,oracle}
+GRID_SEEDS=${GRID_SEEDS:-0}       # comma-separated training seeds
+GRID_BUDGET=${GRID_BUDGET:-0}     # seconds for one call (0: no limit); the next call goes on
+GRID_SAVE_EVERY=${GRID_SAVE_EVERY:-100}   # steps between checkpoints: what a stopped call redoes
 PARALLEL_RUNS=${PARALLEL_RUNS:-0}   # 1: train the three configurations at the same time
 PRECISION=${PRECISION:-auto}
 
@@ -211,10 +223,34 @@ stage_slam() {
     --json "$RUN_DIR/ablation.json"
 }
 
+stage_grid() {
+  ensure_corpus
+  lms=
+  for size in $LM_SIZES; do
+    lm_shape "$size" > /dev/null
+    if [ -z "$dry_run" ] && [ ! -f "$(lm_weights "$size")" ]; then
+      echo "demo-asr-offline: the grid stage needs the lm stage's $size model first ($(lm_weights "$size"))" >&2
+      exit 1
+    fi
+    lms="$lms --lm $size=$(lm_weights "$size")"
+  done
+  if [ -z "$dry_run" ] && [ ! -f "$RUN_DIR/encoder/config.json" ]; then
+    echo "demo-asr-offline: the grid stage needs the encoder stage first" >&2
+    exit 1
+  fi
+  # $lms holds "--lm SIZE=PATH" pairs: word splitting is wanted (sizes and paths have no spaces)
+  # shellcheck disable=SC2086
+  run_or_print python -m conrwkv.asr.grid $lms --encoder "$RUN_DIR/encoder" --corpus "$CORPUS" \
+    --arms "$GRID_ARMS" --seeds "$GRID_SEEDS" --conv_kernel "$CONV_KERNEL" --out "$RUN_DIR/grid" \
+    --budget_s "$GRID_BUDGET" \
+    --train_args "--micro_bsz $ASR_BSZ --epochs $ASR_EPOCHS --lr_state_init $ASR_LR_STATE --lr_init $ASR_LR_ADAPTER --lr_final $ASR_LR_ADAPTER_FINAL --warmup_steps $ASR_WARMUP --precision $PRECISION --devices 1 --save_every $GRID_SAVE_EVERY" \
+    --eval_args "--micro_bsz $ASR_BSZ --beam $ASR_BEAM --precision $PRECISION"
+}
+
 run_or_print mkdir -p "$RUN_DIR"
 for stage in $STAGES; do
   case $stage in
-    prepare|encoder|lm|slam) "stage_$stage" ;;
-    *) echo "demo-asr-offline: unknown stage $stage (prepare, encoder, lm, slam)" >&2; exit 1 ;;
+    prepare|encoder|lm|slam|grid) "stage_$stage" ;;
+    *) echo "demo-asr-offline: unknown stage $stage (prepare, encoder, lm, slam, grid)" >&2; exit 1 ;;
   esac
 done

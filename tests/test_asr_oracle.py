@@ -121,7 +121,8 @@ def test_dropout_zeroes_whole_tokens_and_training_draws_afresh(llm_path):
     (dict(oracle_noise=0.2, oracle_dropout=0.1),
      r"^--oracle_noise 0.2 and --oracle_dropout 0.1 act only on the oracle prefix: add --oracle_prefix"),
     (dict(oracle_prefix=True, encoder_trainable=True), r"no encoder is loaded: leave out --encoder_train"),
-    (dict(oracle_prefix=True, train_state=False), r"--no-train_state without --conv_kernel or --llm_train leaves nothing"),
+    (dict(oracle_prefix=True, train_state=False),
+     r"--no-train_state without --conv_kernel or --llm_train leaves nothing"),
 ])
 def test_bad_oracle_settings_are_errors_naming_the_flag(llm_path, asr, message):
     with pytest.raises(ValueError, match=message):

@@ -147,6 +147,7 @@ echo "$*" >> "$CALLS"
 case " $* " in
   *" train.py "*) exit 0 ;;
   *" conrwkv.asr.ablation "*) echo "| configuration | test-clean WER |"; exit "$ABLATION_STATUS" ;;
+  *" conrwkv.asr.grid "*) exit 0 ;;
 esac
 echo "unexpected python call: $*" >&2; exit 99
 """
@@ -236,3 +237,26 @@ def test_a_malformed_lm_size_is_refused(tmp_path, env):
         "STAGES": "lm", "RUN_DIR": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), **env})
     assert out.returncode == 2
     assert "is not <layers>x<embedding> (e.g. 12x768)" in out.stderr
+
+
+def test_the_grid_stage_passes_every_lm_size_and_the_slam_settings(tmp_path):
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "corpus").mkdir(parents=True)
+    (data / "corpus" / "meta.json").write_text("{}")
+    (runs / "encoder").mkdir(parents=True)
+    (runs / "encoder" / "config.json").write_text("{}")
+    env = {"STAGES": "grid", "DATA": str(data), "RUN_DIR": str(runs), "LM_STEPS": "10",
+           "LM_SIZES": "2x64 4x128", "GRID_ARMS": "state,oracle", "GRID_SEEDS": "0,1"}
+    (runs / "lm" / "2x64").mkdir(parents=True)
+    (runs / "lm" / "2x64" / "rwkv-step000010.pth").write_bytes(b"")
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", env)
+    assert out.returncode == 1 and "needs the lm stage's 4x128 model first" in out.stderr
+    (runs / "lm" / "4x128").mkdir(parents=True)
+    (runs / "lm" / "4x128" / "rwkv-step000010.pth").write_bytes(b"")
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", env)
+    assert out.returncode == 0, out.stderr
+    [call] = calls(tmp_path)
+    assert call.startswith("-m conrwkv.asr.grid ")
+    assert (f"--lm 2x64={runs}/lm/2x64/rwkv-step000010.pth --lm 4x128={runs}/lm/4x128/rwkv-step000010.pth"
+            in call)
+    assert "--arms state,oracle --seeds 0,1 --conv_kernel 3" in call and "--save_every 100" in call
