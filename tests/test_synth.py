@@ -283,12 +283,17 @@ def test_hours_target_plans_enough_speech_and_reuses_sentences_with_other_voices
         plan_corpus(too_many, sentences)
 
 
+@pytest.mark.skipif(not all((synth.WORDNET_DIR / f).is_file() for f in synth.WORDNET_FILES),
+                    reason="apt-get install wordnet-base")
 def test_wordnet_supplies_forty_hours_of_training_speech_with_all_voices():
-    sentences = [(t, t) for t in (f"{'word ' * w}".strip() for w in [6] * 39569)]
+    sentences = synth.load_sentences()
+    assert len(sentences) > 39000
     config = SynthConfig(train=0, hours=40, voices=tuple(f"espeak:v{i}" for i in range(101)),
                          heldout_voices=("flite:h",))
-    plan = plan_corpus(config, sentences)
-    assert synth.plan_summary(plan)["estimated_hours"]["train"] >= 40
+    summary = synth.plan_summary(plan_corpus(config, sentences))
+    assert summary["estimated_hours"]["train"] >= 40
+    assert summary["train_sentences"]["distinct"] == len(sentences) - 300
+    assert summary["train_sentences"]["most_repeats"] == 2
 
 
 def test_augmentation_is_planned_evenly_seeded_and_recorded(tmp_path):
@@ -385,3 +390,35 @@ def test_each_engine_speaks_at_its_speed_and_pitch(tmp_path, spec):
     assert 0.55 < len(fast) / len(normal) < 0.8
     assert 0.85 < len(higher) / len(normal) < 1.15        # a pitch shift keeps the duration
     assert np.array_equal(normal, synth.synthesize(voice, text, 1.0, tmp_path))
+
+
+@needs_tools
+def test_hours_and_augmented_corpus_is_recorded_resumed_and_reproducible(tmp_path):
+    config = SynthConfig(train=0, hours=0.004, dev=1, test_clean=1, test_other=1, seed=2,
+                         voices=("espeak:en-us", "flite:slt"), heldout_voices=("flite:awb",), speeds=(1.0,),
+                         pitches=(-2.0, 2.0), snr_db=(10.0, 20.0), noise_fraction=0.5, max_words=6)
+    out = synthesize_corpus(tmp_path / "a", config, workers=2, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    plan = plan_corpus(config, synth.load_sentences(config.min_words, config.max_words))
+    assert meta["complete"] and meta["params"]["pitches"] == [-2.0, 2.0]
+    assert meta["params"]["snr_db"] == [10, 20] and meta["params"]["noise_fraction"] == 0.5
+    assert meta["utterances"]["train"] == sum(u.split == "train" for u in plan) >= 5
+    assert 0.002 < meta["hours"]["train"] < 0.008 and meta["utterance_table"] == "utterances.tsv"
+    rows = (out / "utterances.tsv").read_text().splitlines()[1:]
+    assert sorted(r.split("\t")[0] for r in rows) == sorted(u.id for u in plan)
+    assert len(load_corpus(out, "train")) == meta["utterances"]["train"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+    synthesize_corpus(out, config, progress=False)                   # complete: reused as it is
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")} == stamps
+    next(out.glob("train/*/*/*.flac")).unlink()
+    synthesize_corpus(out, config, workers=1, progress=False)        # resumed: only the missing one
+    assert len(list(out.rglob("*.flac"))) == len(stamps)
+    again = synthesize_corpus(tmp_path / "b", config, workers=1, progress=False)
+    for flac in out.rglob("*.flac"):
+        assert flac.read_bytes() == (again / flac.relative_to(out)).read_bytes()
+
+
+def test_train_and_hours_together_are_refused_by_flag(capsys, tmp_path):
+    assert dataset2_cli().main(["synth", "--out", str(tmp_path / "x"), "--train", "5", "--hours", "1"]) == 2
+    assert capsys.readouterr().err.strip() == ("dataset2.py: error: give the training split as --train or "
+                                               "as --hours, not both")
