@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"utterances in train (default {defaults.train}; not with --hours)")
     synth.add_argument("--hours", type=float, default=0.0,
                        help="hours of training speech instead of --train (estimated from the words per "
-                            "sentence; meta.json records the measured hours). Past the ~27 h the distinct "
+                            "sentence; meta.json records the measured hours). Past the ~23 h the distinct "
                             "sentences give, train speaks sentences again with other voices")
     synth.add_argument("--dev", type=int, default=defaults.dev, help="utterances in dev")
     synth.add_argument("--test_clean", type=int, default=defaults.test_clean,

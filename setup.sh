@@ -1,12 +1,14 @@
 #!/bin/sh
 # Create .venv (if missing) and install the pinned requirements and this package into it;
-# install the speech synthesisers and the English text (WordNet) the offline ASR corpus is
-# made from, when they are missing and this runs as root. Safe to run again.
+# install the speech synthesisers (espeak-ng, flite, festival with Debian's three English
+# voices) and the English text (WordNet) the offline ASR corpus is made from, when they are
+# missing and this runs as root. Safe to run again.
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-SYSTEM_PACKAGES="espeak-ng flite wordnet-base"
+SYSTEM_PACKAGES="espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base"
 if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1 \
+   || ! command -v festival >/dev/null 2>&1 || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] \
    || [ ! -d /usr/share/wordnet ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $SYSTEM_PACKAGES >/dev/null

@@ -10,7 +10,7 @@ licence (the WordNet 3.0 licence of Princeton University, a permissive BSD-style
 copy, modify and distribute for any purpose, keeping the copyright notice) allows everything
 done here. Sentences with digits, abbreviations, acronyms or other characters a synthesiser
 might read differently from their spelling are left out, so the uppercase transcript is what
-is said. The 39,569 sentences of 3-12 words last about 27 hours at the normal rate; a larger
+is said. The 39,569 sentences of 3-12 words last about 23 hours at the normal rate; a larger
 training split (`hours`) speaks its sentences again, each time with another voice (see
 plan_corpus), and meta.json says how often ("train_sentences").
 
@@ -78,10 +78,11 @@ APT_PACKAGES = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival",
 ENGINE_PROGRAMS = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
 FESTIVAL_VOICES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k",
                    "cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
-# Fitted (seconds = (LEAD + PER_WORD * words) / speed) to 120 utterances, 40 of each engine:
-# the estimate that turns an hours target into a number of utterances before any audio exists.
-ESTIMATED_SECONDS_LEAD = 0.42
-ESTIMATED_SECONDS_PER_WORD = 0.30
+# seconds = (LEAD + PER_WORD * words) / speed, fitted to the 1593 utterances (0.95 h) of an
+# hour's target with --voices all: the estimate that turns an hours target into a number of
+# utterances before any audio exists (meta.json records the measured hours after).
+ESTIMATED_SECONDS_LEAD = 0.60
+ESTIMATED_SECONDS_PER_WORD = 0.25
 FORMAT_VERSION = 1
 # Options added after the first corpora were made: left out of the recorded parameters while
 # they have these values, so that those corpora still resume and are still reused.
