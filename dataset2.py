@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthkit.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES,
                           help="engines to bundle")
     synthkit.add_argument("--festival_voices", nargs="+", default=list(DEFAULT_FESTIVAL_VOICE_PACKAGES),
-                          help="Debian packages of the festival voices to bundle (festvox-us-slt-hts: "
+                          help="Debian packages of the festival voices to bundle, two by default so that "
+                               "one is held out and one trained on (festvox-us-slt-hts: "
                                "1.7 MB; festvox-kallpc16k: 6 MB; festvox-kdlpc16k: 5.5 MB)")
     synthkit.add_argument("--archive", default=None, help="also write the kit as this .tar.xz (new file)")
     synthkit.add_argument("--unpack", default=None, metavar="ARCHIVE",

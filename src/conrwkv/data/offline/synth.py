@@ -487,7 +487,8 @@ def festival_voice_list(tools: Tools) -> list[str]:
 def resolve_voices(config: SynthConfig, tools: Tools = Tools()) -> SynthConfig:
     """config with its voices by name: `all` becomes every available voice (available_voices)
     but the held-out ones, and with no held-out voices given, one in HELDOUT_EVERY of each
-    engine (the first, the ninth, ...) is held out, so no voice is in both sides."""
+    engine with more than one voice (the first, the ninth, ...) is held out, so no voice is in
+    both sides."""
     if config.voices != (ALL_VOICES,):
         return config
     seen, heldout = [], list(config.heldout_voices)
@@ -495,7 +496,9 @@ def resolve_voices(config: SynthConfig, tools: Tools = Tools()) -> SynthConfig:
         for i, spec in enumerate(specs):
             if spec in config.heldout_voices:
                 continue
-            (heldout if not config.heldout_voices and i % HELDOUT_EVERY == 0 else seen).append(spec)
+            # An engine's only voice stays seen: held out, the engine would never be trained on.
+            held = not config.heldout_voices and i % HELDOUT_EVERY == 0 and len(specs) > 1
+            (heldout if held else seen).append(spec)
     if not seen:
         raise FileNotFoundError(f"--voices {ALL_VOICES} found no voice: install espeak-ng, flite or "
                                 "festival, or pass --tools")
