@@ -49,6 +49,7 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -361,7 +362,9 @@ class Tools:
 
     root: Path | None = None
 
+    @cached_property
     def kit(self) -> dict:
+        """kit.json, read once: every command line of every utterance looks into it."""
         return read_json(self.root / "kit.json", "synthesiser kit kit.json (from dataset2.py synthkit; "
                          "--tools)", ("bin", "library_path", "espeak_data_path", "festival_libdir"))
 
@@ -369,14 +372,14 @@ class Tools:
         """The full path of a program, None when it is not there."""
         if self.root is None:
             return shutil.which(name)
-        path = self.root / self.kit()["bin"] / name
+        path = self.root / self.kit["bin"] / name
         return str(path) if path.is_file() else None
 
     def env(self) -> dict[str, str] | None:
         """The environment the programs run in (None: this process's)."""
         if self.root is None:
             return None
-        kit = self.kit()
+        kit = self.kit
         libraries = ":".join(str(self.root / d) for d in kit["library_path"])
         return {**os.environ, "PATH": f"{self.root / kit['bin']}:{os.environ.get('PATH', '')}",
                 "LD_LIBRARY_PATH": libraries,
@@ -412,7 +415,7 @@ class Tools:
         festival = self.program("festival") or "festival"
         if self.root is None:
             return [festival]
-        libdir = str(self.root / self.kit()["festival_libdir"])
+        libdir = str(self.root / self.kit["festival_libdir"])
         return [festival, "--libdir", libdir, "--datadir", libdir]
 
     def missing_packages(self, engines: set[str]) -> list[str]:
@@ -665,8 +668,8 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
     if existing is not None:
         log.info("resuming the synthetic corpus in %s (same parameters)", root)
     kit = Tools(None if tools is None else Path(tools))
-    if kit.root is not None:
-        kit.kit()                      # a wrong --tools folder is named before anything else
+    if kit.root is not None:           # a wrong --tools folder is named before anything else
+        log.info("synthesisers from the kit %s: %s", kit.root, ", ".join(kit.kit.get("engines", ())))
     named = resolve_voices(config, kit)
     voices = [Voice.parse(v) for v in (*named.voices, *named.heldout_voices)]
     ensure_tools(voices, kit)

@@ -150,7 +150,7 @@ def check_kit(root: str | os.PathLike) -> dict[str, float]:
     tools = Tools(Path(root))
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="synthkit-check-") as work:
-        for engine in tools.kit().get("engines", ENGINES):
+        for engine in tools.kit.get("engines", ENGINES):
             if tools.missing_packages({engine}):
                 raise FileNotFoundError(f"the kit {root} lacks {engine} (Debian package "
                                         f"{APT_PACKAGES[engine]}); make it again with dataset2.py synthkit")
