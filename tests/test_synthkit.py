@@ -21,7 +21,7 @@ def test_a_kit_folder_sets_the_paths_of_its_programs_libraries_and_data(tmp_path
         (tmp_path / "usr" / "bin" / program).write_text("")
     (tmp_path / "kit.json").write_text(json.dumps({
         "bin": "usr/bin", "library_path": ["usr/lib/x", "lib/x"], "espeak_data_path": "usr/lib/x",
-        "festival_libdir": "usr/share/festival"}))
+        "festival_libdir": "usr/share/festival", "wordnet_dir": "usr/share/wordnet"}))
     tools = Tools(tmp_path)
     env = tools.env()
     assert env["LD_LIBRARY_PATH"] == f"{tmp_path}/usr/lib/x:{tmp_path}/lib/x"
@@ -33,6 +33,7 @@ def test_a_kit_folder_sets_the_paths_of_its_programs_libraries_and_data(tmp_path
     libdir = str(tmp_path / "usr" / "share" / "festival")
     assert argv[:5] == [str(tmp_path / "usr" / "bin" / "festival"), "--libdir", libdir, "--datadir", libdir]
     assert tools.missing_packages({"espeak", "flite", "festival"}) == ["flite"]
+    assert tools.wordnet_dir() == tmp_path / "usr" / "share" / "wordnet"
 
 
 def test_a_folder_that_is_no_kit_is_named(tmp_path, capsys):
@@ -59,18 +60,20 @@ def espeak_kit(tmp_path_factory):
     return root
 
 
-def _no_installed_synthesisers(monkeypatch):
-    """As on the GPU machine: no synthesiser on PATH, only the kit."""
+def _no_installed_synthesisers(monkeypatch, tmp_path):
+    """As on the GPU machine: no synthesiser on PATH and no WordNet installed, only the kit."""
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setattr(synth, "WORDNET_DIR", tmp_path / "no-wordnet")
 
 
 def test_synth_runs_from_the_kit_alone(espeak_kit, monkeypatch, tmp_path):
     kit = json.loads((espeak_kit / "kit.json").read_text())
     assert kit["engines"] == ["espeak"] and "espeak-ng" in kit["packages"]
-    assert kit["size_bytes"] < 15 * 2 ** 20
+    assert kit["size_bytes"] < 40 * 2 ** 20
     assert not list((espeak_kit / kit["espeak_data_path"] / "espeak-ng-data").glob("de_dict"))
-    _no_installed_synthesisers(monkeypatch)
+    assert sorted(p.name for p in (espeak_kit / kit["wordnet_dir"]).iterdir()) == sorted(synth.WORDNET_FILES)
+    _no_installed_synthesisers(monkeypatch, tmp_path)
     assert subprocess.run(["/bin/sh", "-c", "command -v espeak-ng"], capture_output=True).returncode != 0
     assert synthkit.check_kit(espeak_kit)["espeak"] > 1.0
     config = SynthConfig(train=2, dev=1, test_clean=0, test_other=1,
@@ -91,7 +94,7 @@ def test_the_kit_travels_as_one_archive(espeak_kit, monkeypatch, tmp_path):
     assert 0 < size < synthkit.folder_size(espeak_kit)
     with pytest.raises(FileExistsError, match="choose another --archive"):
         synthkit.pack_kit(espeak_kit, tmp_path / "kit.tar.xz")
-    _no_installed_synthesisers(monkeypatch)
+    _no_installed_synthesisers(monkeypatch, tmp_path)
     assert dataset2_cli().main(["synthkit", "--unpack", str(tmp_path / "kit.tar.xz"),
                                 "--out", str(tmp_path / "there")]) == 0
     assert (tmp_path / "there" / "kit.json").is_file()

@@ -354,8 +354,9 @@ def write_utterance_table(plan: list[PlannedUtterance], path: Path) -> None:
 
 @dataclass(frozen=True)
 class Tools:
-    """Where the synthesisers are: installed (root None: found on PATH) or unpacked by synthkit
-    into the folder `root`, whose kit.json names its program, library and data folders. From
+    """Where the synthesisers and the WordNet text are: installed (root None: found on PATH and
+    in WORDNET_DIR) or unpacked by synthkit into the folder `root`, whose kit.json names its
+    program, library and data folders. From
     a folder, every program runs by its full path with LD_LIBRARY_PATH, ESPEAK_DATA_PATH and
     festival's --libdir and --datadir pointing into it, so nothing installed on the machine is used but the
     C and C++ runtime libraries."""
@@ -366,7 +367,12 @@ class Tools:
     def kit(self) -> dict:
         """kit.json, read once: every command line of every utterance looks into it."""
         return read_json(self.root / "kit.json", "synthesiser kit kit.json (from dataset2.py synthkit; "
-                         "--tools)", ("bin", "library_path", "espeak_data_path", "festival_libdir"))
+                         "--tools)", ("bin", "library_path", "espeak_data_path", "festival_libdir",
+                                      "wordnet_dir"))
+
+    def wordnet_dir(self) -> Path:
+        """Where the WordNet data files are: installed, or the kit's copy of wordnet-base."""
+        return WORDNET_DIR if self.root is None else self.root / self.kit["wordnet_dir"]
 
     def program(self, name: str) -> str | None:
         """The full path of a program, None when it is not there."""
@@ -438,10 +444,10 @@ def ensure_tools(voices: list[Voice], tools: Tools = Tools()) -> None:
     """Stop, saying what to install, unless the synthesisers the voices need and the WordNet
     text are there. A data tool never installs system packages itself."""
     missing = tools.missing_packages({v.engine for v in voices})
-    if not all((WORDNET_DIR / name).is_file() for name in WORDNET_FILES):
+    if not all((tools.wordnet_dir() / name).is_file() for name in WORDNET_FILES):
         missing.append(APT_PACKAGES["wordnet"])
     if missing:
-        where = "" if tools.root is None else f" (nor in --tools {tools.root}, for the synthesisers)"
+        where = "" if tools.root is None else f" (nor in --tools {tools.root})"
         raise FileNotFoundError(f"synth needs the Debian packages {', '.join(missing)}, which are "
                                 f"not installed{where}: apt-get install {' '.join(missing)}")
 
@@ -674,7 +680,7 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
     voices = [Voice.parse(v) for v in (*named.voices, *named.heldout_voices)]
     ensure_tools(voices, kit)
     check_voices(voices, kit)
-    plan = plan_corpus(named, load_sentences(config.min_words, config.max_words))
+    plan = plan_corpus(named, load_sentences(config.min_words, config.max_words, kit.wordnet_dir()))
     speakers = {str(i + 1): v for i, v in enumerate((*named.voices, *named.heldout_voices))}
     if existing is not None and existing.get("speakers", speakers) != speakers:
         raise FileExistsError(f"{root} was started with other voices than the synthesisers {kit.where()} "

@@ -1,13 +1,15 @@
 """A folder of speech synthesisers that runs without installation, so that synth.py can make
-its corpus on a machine that has neither espeak-ng, flite and festival nor a package registry
-(the GPU machine): the Debian packages are fetched here with `apt-get download`, unpacked with
+its corpus on a machine that has neither espeak-ng, flite and festival nor WordNet nor a package
+registry (the GPU machine): the Debian packages (and wordnet-base, the text) are fetched here
+with `apt-get download`, unpacked with
 `dpkg-deb -x` into one folder, and the shared libraries they need beyond the C and C++ runtimes
 are copied in beside them from this machine (found with ldd), so the folder depends on nothing
 but glibc and libstdc++. kit.json in the folder names its program, library and data folders
 (read by synth.Tools) and records the package versions and the size.
 
-What is left out to keep it small: documentation, manual pages, and espeak-ng's dictionaries of
-languages other than English (synth speaks English only). pack_kit writes the folder as one
+What is left out to keep it small: documentation but the copyright files, manual pages,
+espeak-ng's dictionaries of languages other than English (synth speaks English only), and
+WordNet's files other than the four data files synth reads. pack_kit writes the folder as one
 .tar.xz to carry; unpack_kit restores it and checks that every engine speaks.
 """
 
@@ -23,7 +25,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from conrwkv.data.offline.synth import APT_PACKAGES, ENGINES, Tools, Voice, festival_voice_list, synthesize
+from conrwkv.data.offline.synth import (
+    APT_PACKAGES,
+    ENGINES,
+    WORDNET_FILES,
+    Tools,
+    Voice,
+    festival_voice_list,
+    synthesize,
+)
 from conrwkv.io import atomic_json_save
 
 log = logging.getLogger(__name__)
@@ -42,8 +52,9 @@ CHECK_VOICES = {"espeak": "espeak:en-us", "flite": "flite:slt"}
 # Libraries every Linux machine that runs Python and torch has; the rest travel in the kit.
 RUNTIME_LIBRARIES = ("linux-vdso.so", "ld-linux", "libc.so", "libm.so", "libdl.so", "libpthread.so",
                      "librt.so", "libstdc++.so", "libgcc_s.so")
-PRUNED = ("usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/info", "usr/share/bug",
+PRUNED = ("usr/share/man", "usr/share/lintian", "usr/share/info", "usr/share/bug",
           "usr/share/festival/examples")
+WORDNET_PACKAGE = "wordnet-base"
 
 
 def build_kit(out: str | os.PathLike, engines: tuple[str, ...] = ENGINES,
@@ -61,6 +72,7 @@ def build_kit(out: str | os.PathLike, engines: tuple[str, ...] = ENGINES,
     packages = [p for e in ENGINES if e in engines for p in ENGINE_PACKAGES[e]]
     if "festival" in engines:
         packages += festival_voice_packages
+    packages.append(WORDNET_PACKAGE)
     root.mkdir(parents=True, exist_ok=True)
     versions = {}
     with tempfile.TemporaryDirectory(prefix="synthkit-debs-") as debs:
@@ -75,6 +87,15 @@ def build_kit(out: str | os.PathLike, engines: tuple[str, ...] = ENGINES,
             versions[fields[0].split(": ", 1)[1]] = fields[1].split(": ", 1)[1]
     for relative in PRUNED:
         shutil.rmtree(root / relative, ignore_errors=True)
+    # The licences stay with the files they cover.
+    for path in (root / "usr" / "share" / "doc").rglob("*"):
+        if path.is_file() and path.name != "copyright":
+            path.unlink()
+    for path in (root / "usr" / "share" / "wordnet").iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name not in WORDNET_FILES:
+            path.unlink()
     espeak_data = root / "usr" / "lib" / MULTIARCH / "espeak-ng-data"
     for dictionary in espeak_data.glob("*_dict"):
         if dictionary.name != "en_dict":
@@ -84,6 +105,7 @@ def build_kit(out: str | os.PathLike, engines: tuple[str, ...] = ENGINES,
     copied = _copy_libraries(root, library_path)
     kit = {"bin": "usr/bin", "library_path": library_path,
            "espeak_data_path": f"usr/lib/{MULTIARCH}", "festival_libdir": "usr/share/festival",
+           "wordnet_dir": "usr/share/wordnet",
            "engines": [e for e in ENGINES if e in engines], "packages": versions,
            "copied_libraries": copied, "size_bytes": folder_size(root)}
     atomic_json_save(kit, root / "kit.json")
