@@ -103,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
     synthkit = commands.add_parser(
-        "synthkit", help="bundle espeak-ng, flite and festival into a folder that runs without installation",
-        description="Download the Debian packages of the synthesisers (apt-get download), unpack them "
-                    "into --out with the shared libraries they need beyond glibc and libstdc++, and "
-                    "check that each engine speaks from the folder alone; --archive also writes it as "
+        "synthkit", help="bundle espeak-ng, flite, festival and WordNet into a folder that runs without "
+                         "installation",
+        description="Download the Debian packages of the synthesisers and of WordNet (apt-get download), "
+                    "unpack them into --out with the shared libraries they need beyond glibc and "
+                    "libstdc++, and check that each engine speaks from the folder alone; --archive also "
+                    "writes it as "
                     "one .tar.xz to carry. On the other machine, --unpack restores and checks it, and "
                     "synth --tools <folder> uses it.")
     synthkit.add_argument("--out", required=True, help="new folder for the kit")
