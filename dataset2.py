@@ -1,9 +1,14 @@
 """Speech data command line for RWKV-ASR: a synthetic LibriSpeech-format corpus for offline runs,
-its compact Opus pack for carrying to another machine, English LM text from Debian packages,
-and JSONL manifests from any supported speech source. The logic lives in conrwkv.data.offline.synth,
+its compact Opus pack for carrying to another machine, a folder of the synthesisers that runs
+without installation (synthkit), English LM text from Debian packages, and JSONL manifests
+from any supported speech source. The logic lives in conrwkv.data.offline.synth, synthkit,
 corpus_pack, text_sources, lm_text and speech; this file only reads flags.
 
     python dataset2.py synth --out data/synth --train 200 --dev 40 --test_clean 40 --test_other 40
+    python dataset2.py synth --out data/synth40h --voices all --hours 40 --pitches -2 0 2 --snr_db 5 30
+    python dataset2.py synthkit --out data/synthkit --archive data/synthkit.tar.xz
+    python dataset2.py synthkit --unpack data/synthkit.tar.xz --out /tmp/synthkit   (elsewhere)
+    python dataset2.py synth --out data/synth --tools /tmp/synthkit ...
     python dataset2.py pack --corpus data/synth --out data/synth.tar
     python dataset2.py unpack --pack data/synth.tar --out data/synth
     python dataset2.py lmtext --corpus data/synth --out data/lm-text --copy_fraction 0.2
@@ -20,11 +25,21 @@ import sys
 from conrwkv.data.offline.corpus_pack import pack_corpus, unpack_corpus
 from conrwkv.data.offline.lm_text import corpus_transcripts, write_lm_text
 from conrwkv.data.offline.synth import (
+    ALL_VOICES,
     DEFAULT_HELDOUT_VOICES,
     DEFAULT_SPEEDS,
     DEFAULT_VOICES,
+    ENGINES,
+    HELDOUT_EVERY,
     SynthConfig,
     synthesize_corpus,
+)
+from conrwkv.data.offline.synthkit import (
+    DEFAULT_FESTIVAL_VOICE_PACKAGES,
+    build_kit,
+    check_kit,
+    pack_kit,
+    unpack_kit,
 )
 from conrwkv.data.offline.text_sources import SOURCES
 from conrwkv.data.speech import load_corpus, write_manifest
@@ -36,36 +51,77 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser(
-        "synth", help="write a synthetic corpus in the LibriSpeech layout with espeak-ng and flite",
-        description="Speak WordNet example sentences with espeak-ng and flite voices at several speeds "
-                    "into <out>/{train,dev,test-clean,test-other}/<speaker>/<chapter>/*.flac (16 kHz) "
-                    "with LibriSpeech transcripts. test-other uses held-out voices. An existing folder "
-                    "is resumed when its meta.json has the same parameters and refused otherwise; a "
-                    "complete one is reused without the synthesisers. Needs the Debian packages "
-                    "espeak-ng, flite and wordnet-base (never installed from here).")
+        "synth", help="write a synthetic corpus in the LibriSpeech layout with espeak-ng, flite and festival",
+        description="Speak WordNet example sentences with espeak-ng, flite and festival voices at several "
+                    "speeds (and optionally pitches, with noise) into "
+                    "<out>/{train,dev,test-clean,test-other}/<speaker>/<chapter>/*.flac (16 kHz) with "
+                    "LibriSpeech transcripts; utterances.tsv records each utterance's voice, speed, pitch "
+                    "and noise. test-other uses held-out voices. An existing folder is resumed when its "
+                    "meta.json has the same parameters and refused otherwise; a complete one is reused "
+                    "without the synthesisers. Needs the Debian packages espeak-ng, flite, festival (for "
+                    "festival voices) and wordnet-base (never installed from here), or --tools.")
     defaults = SynthConfig()
     synth.add_argument("--out", required=True, help="output folder (created; resumed if made with the "
                        "same parameters)")
-    synth.add_argument("--train", type=int, default=defaults.train, help="utterances in train")
+    synth.add_argument("--train", type=int, default=None,
+                       help=f"utterances in train (default {defaults.train}; not with --hours)")
+    synth.add_argument("--hours", type=float, default=0.0,
+                       help="hours of training speech instead of --train (estimated from the words per "
+                            "sentence; meta.json records the measured hours). Past the ~23 h the distinct "
+                            "sentences give, train speaks sentences again with other voices")
     synth.add_argument("--dev", type=int, default=defaults.dev, help="utterances in dev")
     synth.add_argument("--test_clean", type=int, default=defaults.test_clean,
                        help="utterances in test-clean (seen voices, unseen sentences)")
     synth.add_argument("--test_other", type=int, default=defaults.test_other,
                        help="utterances in test-other (held-out voices, unseen sentences)")
     synth.add_argument("--seed", type=int, default=defaults.seed,
-                       help="seed for the choice of sentences, voices and speeds")
+                       help="seed for the choice of sentences, voices, speeds, pitches and noise")
     synth.add_argument("--voices", nargs="+", default=list(DEFAULT_VOICES),
                        help="voices of train, dev and test-clean: espeak:<voice>[+<variant>] "
-                            "(espeak-ng --voices=en, --voices=variant) or flite:<voice> (flite -lv)")
-    synth.add_argument("--heldout_voices", nargs="+", default=list(DEFAULT_HELDOUT_VOICES),
-                       help="voices of test-other only, none of them in --voices")
+                            "(espeak-ng --voices=en, --voices=variant), flite:<voice> (flite -lv), "
+                            f"festival:<voice> (e.g. kal_diphone), or {ALL_VOICES}: every English voice "
+                            "of the synthesisers there (117 with the three festival voices of Debian)")
+    synth.add_argument("--heldout_voices", nargs="*", default=None,
+                       help="voices of test-other only, none of them in --voices (default: "
+                            f"{' '.join(DEFAULT_HELDOUT_VOICES)}; with --voices {ALL_VOICES}, one voice in "
+                            f"{HELDOUT_EVERY} of each engine)")
     synth.add_argument("--speeds", nargs="+", type=float, default=list(DEFAULT_SPEEDS),
                        help="speaking-rate factors (1.0: the synthesiser's normal rate)")
+    synth.add_argument("--pitches", nargs="+", type=float, default=list(defaults.pitches),
+                       help="pitch shifts in semitones, spread evenly over the utterances (made by "
+                            "resampling: formants move with the pitch)")
+    synth.add_argument("--snr_db", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                       help="add white or pink noise at a signal-to-noise ratio drawn from [LOW, HIGH] dB")
+    synth.add_argument("--noise_fraction", type=float, default=defaults.noise_fraction,
+                       help="share of the utterances that get noise (with --snr_db)")
     synth.add_argument("--min_words", type=int, default=defaults.min_words, help="fewest words per utterance")
     synth.add_argument("--max_words", type=int, default=defaults.max_words, help="most words per utterance")
+    synth.add_argument("--tools", default=None,
+                       help="run the synthesisers from this folder made by synthkit (default: the "
+                            "installed ones)")
     synth.add_argument("--workers", type=int, default=0,
                        help="synthesiser processes run at once (0: one per CPU core)")
     synth.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+    synthkit = commands.add_parser(
+        "synthkit", help="bundle espeak-ng, flite, festival and WordNet into a folder that runs without "
+                         "installation",
+        description="Download the Debian packages of the synthesisers and of WordNet (apt-get download), "
+                    "unpack them into --out with the shared libraries they need beyond glibc and "
+                    "libstdc++, and check that each engine speaks from the folder alone; --archive also "
+                    "writes it as "
+                    "one .tar.xz to carry. On the other machine, --unpack restores and checks it, and "
+                    "synth --tools <folder> uses it.")
+    synthkit.add_argument("--out", required=True, help="new folder for the kit")
+    synthkit.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES,
+                          help="engines to bundle")
+    synthkit.add_argument("--festival_voices", nargs="+", default=list(DEFAULT_FESTIVAL_VOICE_PACKAGES),
+                          help="Debian packages of the festival voices to bundle, two by default so that "
+                               "one is held out and one trained on (festvox-us-slt-hts: "
+                               "1.7 MB; festvox-kallpc16k: 6 MB; festvox-kdlpc16k: 5.5 MB)")
+    synthkit.add_argument("--archive", default=None, help="also write the kit as this .tar.xz (new file)")
+    synthkit.add_argument("--unpack", default=None, metavar="ARCHIVE",
+                          help="instead of building: restore the kit in this .tar.xz into --out and check it")
 
     pack = commands.add_parser(
         "pack", help="pack a LibriSpeech-layout corpus into one tar of Opus audio (about 20x smaller)",
@@ -158,11 +214,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "synth":
-        config = SynthConfig(train=args.train, dev=args.dev, test_clean=args.test_clean,
+        if args.hours and args.train is not None:
+            raise ValueError("give the training split as --train or as --hours, not both")
+        train = 0 if args.hours else SynthConfig.train if args.train is None else args.train
+        heldout = args.heldout_voices
+        if heldout is None:
+            heldout = () if args.voices == [ALL_VOICES] else DEFAULT_HELDOUT_VOICES
+        config = SynthConfig(train=train, dev=args.dev, test_clean=args.test_clean,
                              test_other=args.test_other, seed=args.seed, voices=tuple(args.voices),
-                             heldout_voices=tuple(args.heldout_voices), speeds=tuple(args.speeds),
-                             min_words=args.min_words, max_words=args.max_words)
-        synthesize_corpus(args.out, config, workers=args.workers or None, progress=not args.no_progress)
+                             heldout_voices=tuple(heldout), speeds=tuple(args.speeds),
+                             min_words=args.min_words, max_words=args.max_words, hours=args.hours,
+                             pitches=tuple(args.pitches),
+                             snr_db=None if args.snr_db is None else tuple(args.snr_db),
+                             noise_fraction=args.noise_fraction)
+        synthesize_corpus(args.out, config, workers=args.workers or None, progress=not args.no_progress,
+                          tools=args.tools)
+    elif args.command == "synthkit":
+        log = logging.getLogger("dataset2")
+        if args.unpack:
+            log.info("kit unpacked in %s; seconds spoken per engine: %s", args.out,
+                     unpack_kit(args.unpack, args.out))
+            return
+        kit = build_kit(args.out, tuple(args.engines), tuple(args.festival_voices))
+        log.info("kit checked, seconds spoken per engine from %s alone: %s", args.out, check_kit(args.out))
+        if args.archive:
+            size = pack_kit(args.out, args.archive)
+            log.info("wrote %s: %.1f MiB (the folder: %.1f MiB)", args.archive, size / 2 ** 20,
+                     kit["size_bytes"] / 2 ** 20)
     elif args.command == "pack":
         pack_corpus(args.corpus, args.out, args.compression_level, workers=args.workers or None,
                     progress=not args.no_progress)
