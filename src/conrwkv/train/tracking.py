@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
+import secrets
 from pathlib import Path
 
 from ..io import atomic_write_bytes
@@ -47,9 +48,7 @@ def _run_id(proj_dir: Path) -> str | None:
         return path.read_text().strip()
     if rank_zero_only.rank != 0:
         return None
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(6)            # what wandb accepts as an id: [a-z0-9], unique
     atomic_write_bytes(path, lambda f: f.write(f"{run_id}\n".encode()))
     return run_id
 
