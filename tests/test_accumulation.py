@@ -52,6 +52,31 @@ def test_the_flag_must_be_at_least_one():
         TrainConfig(accumulate_grad_batches=0)
 
 
+def test_each_batch_carries_the_target_count_of_its_window_also_after_a_resume(tmp_path):
+    import numpy as np
+
+    from conrwkv.data.accumulation import WINDOW_TARGETS, WindowedLoader
+    from conrwkv.data.binidx import BinidxReader, write_binidx
+    from conrwkv.data.resumable import ShardedBatchSampler
+    from conrwkv.data.sampling import DocumentDataset
+
+    rng = np.random.default_rng(0)
+    write_binidx(tmp_path / "docs", [rng.integers(0, 2, size=n) for n in rng.integers(2, 40, size=30)], 2)
+    data = DocumentDataset(BinidxReader(tmp_path / "docs"), ctx_len=16)
+
+    def loader():
+        sampler = ShardedBatchSampler(len(data), 4, shuffle=True, seed=1)
+        return WindowedLoader(data, sampler, accumulate=3, targets_of=data.targets)
+
+    batches = list(loader())                       # 7 batches: windows of 3, 3 and 1
+    counts = [int(b["mask"].sum()) for b in batches]
+    windows = [sum(counts[0:3])] * 3 + [sum(counts[3:6])] * 3 + [counts[6]]
+    assert [b[WINDOW_TARGETS] for b in batches] == windows and len(set(counts)) > 1
+    resumed = loader()
+    resumed.load_state_dict({"epoch": 0, "batches": 3, "batches_per_epoch": 7})
+    assert [b[WINDOW_TARGETS] for b in resumed] == windows[3:]
+
+
 def test_lm_micro_batches_train_the_weights_of_one_big_batch(markov, tmp_path):
     big = lm_configs(markov, tmp_path / "big", micro_bsz=32, max_steps=3)
     train_lm(*big[:1], {}, big[1])
