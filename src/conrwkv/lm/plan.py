@@ -91,14 +91,14 @@ def train_samples(data: LMData, ctx_len: int) -> int:
 def plan_train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
     """What train_lm will use, for --dry_run: the model, the data, the hardware and the
     effective batch resolved."""
+    model = _model_plan(model_cfg, model_given, train_cfg.load_model)
     hardware = Hardware.of(train_cfg)
     data = _data_plan(train_cfg)
     micro_batches = None
     if "note" not in data:
         samples = train_samples(resolve_lm_data(train_cfg), train_cfg.ctx_len)
         micro_batches = samples // (train_cfg.micro_bsz * hardware.processes)
-    return {"model": _model_plan(model_cfg, model_given, train_cfg.load_model), "data": data,
-            "hardware": dataclasses.asdict(hardware),
+    return {"model": model, "data": data, "hardware": dataclasses.asdict(hardware),
             "batch": effective_batch(train_cfg, hardware, tokens_per_sample=train_cfg.ctx_len,
                                      micro_batches_per_epoch=micro_batches)}
 
