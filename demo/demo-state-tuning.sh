@@ -48,9 +48,15 @@ predict_audio=${predict_audio:-}  # files or folders to transcribe (OP=predict; 
                                   # predict when it is empty)
 
 # ---- training ----
-micro_bsz=${micro_bsz:-8}       # utterances per device per step (also per decoding batch)
+micro_bsz=${micro_bsz:-8}       # utterances per device per micro-batch (also per decoding batch)
+# Gradient accumulation: micro-batches per optimizer step (a step sees micro_bsz x this x devices
+# utterances, the loss token-weighted over them all); epochs and steps count optimizer steps.
+accumulate_grad_batches=${accumulate_grad_batches:-1}
 epoch_count=${epoch_count:-2}
-epoch_steps=${epoch_steps:-0}   # 0: computed from the data (utterances / micro_bsz / devices)
+epoch_steps=${epoch_steps:-0}   # 0: computed from the data (utterances / micro_bsz / devices
+                                # / accumulate_grad_batches, rounded up)
+wandb=${wandb:-}                # Weights & Biases project to log training to as well (empty: off;
+                                # pip install wandb; offline unless credentials or WANDB_MODE)
 # Learning rates: the defaults won a small measured comparison (docs/results.md).
 lr_state=${lr_state:-1.0}       # initial-state learning rate (decays to lr_state_final)
 lr_state_final=${lr_state_final:-0.01}
@@ -128,7 +134,8 @@ op_train() {
   python train.py --task asr --op train --load_model "$load_model" --encoder "$encoder" \
     --data_file "$train_data" --val_file "$val_data" ${n_layer:+--n_layer "$n_layer"} \
     ${n_embd:+--n_embd "$n_embd"} --conv_kernel "$conv_kernel" "$grad_cp_flag" \
-    --micro_bsz "$micro_bsz" --epochs "$epoch_count" --epoch_steps "$epoch_steps" \
+    --micro_bsz "$micro_bsz" --accumulate_grad_batches "$accumulate_grad_batches" \
+    --epochs "$epoch_count" --epoch_steps "$epoch_steps" ${wandb:+--wandb "$wandb"} \
     --lr_state_init "$lr_state" --lr_state_final "$lr_state_final" \
     --lr_init "$lr_adapter" --lr_final "$lr_adapter_final" --warmup_steps "$warmup_steps" \
     --devices "$device" --precision "$precision" --strategy "$strategy" --proj_dir "$proj_dir" "$@"

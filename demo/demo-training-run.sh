@@ -35,6 +35,11 @@ CONV_KERNEL=${CONV_KERNEL:-2}   # Con-RWKV causal conv kernel (0 = off); the cla
 CTX_LEN=${CTX_LEN:-512}         # tokens per sample (chains are sampled whole, one per sample)
 M_BSZ=${M_BSZ:-${MICRO_BSZ:-16}}  # chains per device per step (MICRO_BSZ: this script's former name)
 STEPS=${STEPS:-500}             # optimizer steps (RWKV-LM counts epochs; a run here is short)
+# Gradient accumulation (RWKV-LM's scripts have no variable for it): micro-batches per optimizer
+# step, so a step sees M_BSZ x GRAD_ACCUM x devices x nodes chains; every step count stays in steps.
+GRAD_ACCUM=${GRAD_ACCUM:-1}
+WANDB=${WANDB:-}                # Weights & Biases project to log to as well (empty: off; pip install
+                                # wandb; offline unless credentials or WANDB_MODE say otherwise)
 LR_INIT=${LR_INIT:-3e-3}
 LR_FINAL=${LR_FINAL:-3e-4}
 WARMUP=${WARMUP:-20}            # warmup steps
@@ -68,8 +73,9 @@ esac
 
 python train.py --task lm --op train --data_file "$DATA" --vocab_size 2 --arch "$MODEL_TYPE" \
   --n_layer "$N_LAYER" --n_embd "$N_EMBD" --head_size "$HEAD_SIZE" --conv_kernel "$CONV_KERNEL" \
-  --ctx_len "$CTX_LEN" --micro_bsz "$M_BSZ" --max_steps "$STEPS" \
+  --ctx_len "$CTX_LEN" --micro_bsz "$M_BSZ" --accumulate_grad_batches "$GRAD_ACCUM" \
+  --max_steps "$STEPS" \
   --lr_init "$LR_INIT" --lr_final "$LR_FINAL" --warmup_steps "$WARMUP" "$grad_cp" \
   --val_every "$VAL_EVERY" --val_batches "$VAL_BATCHES" --num_nodes "$N_NODE" \
   --devices "$GPU_PER_NODE" --precision "$PRECISION" --strategy "$STRATEGY" \
-  --proj_dir "$PROJ_DIR" "$@"
+  ${WANDB:+--wandb "$WANDB"} --proj_dir "$PROJ_DIR" "$@"

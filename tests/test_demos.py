@@ -24,8 +24,10 @@ PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"   # pyth
 # name: (demo, its environment, its extra arguments after --dry_run). Every demo has a case of its
 # own name; the settings given are there to show that the environment and extra flags reach train.py.
 DRY_RUNS = {name: (name, {}, []) for name in DEMOS}
-DRY_RUNS["demo-training-run.sh"] = ("demo-training-run.sh", {"MICRO_BSZ": "4"}, ["--max_steps", "7"])
-DRY_RUNS["demo-state-tuning.sh"] = ("demo-state-tuning.sh", {"conv": "1", "n_embed": "64"}, [])
+DRY_RUNS["demo-training-run.sh"] = ("demo-training-run.sh", {"MICRO_BSZ": "4", "GRAD_ACCUM": "3",
+                                                          "WANDB": "icl"}, ["--max_steps", "7"])
+DRY_RUNS["demo-state-tuning.sh"] = ("demo-state-tuning.sh", {"conv": "1", "n_embed": "64",
+                                                          "accumulate_grad_batches": "2"}, [])
 DRY_RUNS["demo-state-tuning.sh OP=merge"] = ("demo-state-tuning.sh", {"OP": "merge", "merge_out": "m.pth"},
                                               [])
 
@@ -80,6 +82,8 @@ def test_the_icl_demo_passes_its_settings_and_extra_flags(dry_runs):
     assert plan["flags"]["model"]["conv_kernel"] == 2 and plan["model"]["conv_kernel"] == 2
     assert plan["flags"]["train"]["max_steps"] == 7                  # the extra flag wins
     assert plan["flags"]["train"]["micro_bsz"] == 4                  # MICRO_BSZ: the former name
+    assert plan["flags"]["train"]["accumulate_grad_batches"] == 3 and plan["flags"]["train"]["wandb"] == "icl"
+    assert plan["batch"]["global_batch"] == 12                       # 4 x 3 x one CPU process
     assert plan["flags"]["train"]["proj_dir"] == "output/icl-k1-conv2-L2"
     assert "markov-binidx/k1-beta1-len513" in plan["flags"]["train"]["data_file"]
     assert plan["data"]["note"].startswith("not there yet")         # the dry run made no data
@@ -103,6 +107,8 @@ def test_the_state_tuning_demo_gives_each_op_only_its_flags(dry_runs):
     assert train["flags"]["model"]["conv_kernel"] == 5                # conv=1: the seed's kernel
     assert train["flags"]["model"]["n_embd"] == 64                    # n_embed: the seed's spelling
     assert train["flags"]["train"]["strategy"] == "auto"
+    assert train["flags"]["train"]["accumulate_grad_batches"] == 2 and train["flags"]["train"]["wandb"] == ""
+    assert train["batch"]["global_batch"] == 16                       # 8 x 2 x one CPU process
     assert evaluate["flags"]["asr"]["eval_data"] == ("data/asr-smoke/corpus/test-clean,"
                                                       "data/asr-smoke/corpus/test-other")
     assert predict["flags"]["asr"]["audio"] == "data/asr-smoke/corpus/test-other"

@@ -1,7 +1,8 @@
 """A real SIGKILL of `train.py`, then a resume, gives what a run that was never interrupted gives:
 the same step files, every one readable, bit-identical weights (CPU, fp32), no temporary files
-left. For --task lm on windows and on documents, and --task asr on bucketed batches; each run
-crosses epoch boundaries, so the resumed data position is exercised mid-epoch and at its end.
+left. For --task lm on windows and on documents (and with gradient accumulation, killed inside
+its windows), and --task asr on bucketed batches; each run crosses epoch boundaries, so the
+resumed data position is exercised mid-epoch and at its end.
 
 The slow test kills many times at random moments (half of them inside a save) and is run by
 hand: `python -m pytest -m slow tests/test_kill_resume.py`."""
@@ -53,6 +54,17 @@ def test_lm_killed_inside_a_save_resumes_bit_identically(markov, tmp_path, data_
     run_in_process(args, tmp_path / "reference")
     where = kill(args, tmp_path / "run", inside_save=True, after_files=4)
     assert where == "inside a save"
+    run_to_end(args, tmp_path / "run")
+    assert_resumed_like(tmp_path / "reference", tmp_path / "run")
+
+
+def test_lm_with_accumulation_killed_mid_window_resumes_bit_identically(markov, tmp_path):
+    # 25 micro-batches an epoch in windows of 3: 9 steps an epoch, the last of one micro-batch;
+    # a kill at a moment lands inside a window two times in three.
+    args = [*LM, "--data_file", str(markov), "--accumulate_grad_batches", "3", "--max_steps", "20"]
+    run_in_process(args, tmp_path / "reference")
+    kill(args, tmp_path / "run", inside_save=False, delay=1.0)
+    kill(args, tmp_path / "run", inside_save=True, after_files=2)
     run_to_end(args, tmp_path / "run")
     assert_resumed_like(tmp_path / "reference", tmp_path / "run")
 

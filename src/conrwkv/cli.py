@@ -132,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(task, op)
     args = parser.parse_args(argv)
     command = COMMANDS[args.task, args.op]
-    model_cfg, model_given = take(ModelConfig, args)
-    train_cfg, _ = take(TrainConfig, args)
-    configs = [model_cfg, model_given, train_cfg]
-    if args.task == "asr":
-        configs.append(take(AsrConfig, args)[0])
     try:
+        # The configurations check their values (a ValueError names the flag).
+        model_cfg, model_given = take(ModelConfig, args)
+        train_cfg, _ = take(TrainConfig, args)
+        configs = [model_cfg, model_given, train_cfg]
+        if args.task == "asr":
+            configs.append(take(AsrConfig, args)[0])
         if args.dry_run:
             # The model flags as typed: the shape may come from a checkpoint (see "model"/"llm").
             flags = {"model": model_given, "train": {n: getattr(train_cfg, n) for n in command.train}}

@@ -116,13 +116,21 @@ class TrainConfig:
         "per sample, masked padding), or auto (documents for datanew.py folders).",
         choices=("auto", "windows", "documents")))
     ctx_len: int = field(default=512, metadata=_help("Tokens per training sample (LM)."))
-    micro_bsz: int = field(default=8, metadata=_help("Samples per GPU (or CPU process) per step."))
+    micro_bsz: int = field(default=8, metadata=_help(
+        "Samples per GPU (or CPU process) per micro-batch (one forward and backward pass)."))
+    accumulate_grad_batches: int = field(default=1, metadata=_help(
+        "Gradient accumulation: micro-batches per optimizer step, so a step sees micro_bsz x this x "
+        "devices x num_nodes samples (the global batch). Every step count (max_steps, epochs, "
+        "save_every, val_every, log_every, the LR schedule) counts optimizer steps; the loss is "
+        "token-weighted over the whole window, as one batch of that size would be."))
     max_steps: int = field(default=1000, metadata=_may_change(
-        "Optimizer steps to train for (ignored when epochs > 0)."))
+        "Optimizer steps to train for (ignored when epochs > 0); one step is "
+        "accumulate_grad_batches micro-batches."))
     epochs: int = field(default=0, metadata=_may_change(
         "Train for this many passes over the data instead of max_steps (0: use max_steps)."))
     epoch_steps: int = field(default=0, metadata=_may_change(
-        "Steps per epoch when epochs > 0 (0: computed from the data size, micro_bsz and devices)."))
+        "Optimizer steps per epoch when epochs > 0 (0: computed from the data size, micro_bsz, "
+        "devices and accumulate_grad_batches; an epoch's incomplete last window is a step too)."))
     lr_init: float = field(default=6e-4, metadata=_help("Learning rate after warmup."))
     lr_final: float = field(default=6e-5, metadata=_help("Learning rate at the last step."))
     lr_schedule: str = field(default="exp", metadata=_help(
@@ -156,14 +164,27 @@ class TrainConfig:
     load_model: str = field(default="", metadata=_help(
         "Start from this official .pth (LM: fine-tune; ASR: the frozen LLM)."))
     save_every: int = field(default=0, metadata=_may_change(
-        "Write weights and a resumable checkpoint every this many steps (0: at the end only). "
+        "Write weights and a resumable checkpoint every this many optimizer steps (0: at the end "
+        "only), right after the step: a stop inside an accumulation window resumes from the last. "
         "Files are step-numbered and never deleted."))
     val_every: int = field(default=0, metadata=_may_change(
-        "Validate every this many steps (0: only at the end)."))
+        "Validate every this many optimizer steps (0: only at the end). Lightning counts it in "
+        "micro-batches over the whole run, so with accumulation it is exact while each epoch "
+        "is whole accumulation windows; otherwise it falls within a window of the step."))
     val_batches: int = field(default=0, metadata=_may_change(
         "Batches per validation (0: the whole validation set)."))
-    log_every: int = field(default=10, metadata=_may_change("Log training metrics every this many steps."))
+    log_every: int = field(default=10, metadata=_may_change(
+        "Log training metrics every this many optimizer steps."))
     num_workers: int = field(default=0, metadata=_may_change("DataLoader worker processes."))
+    wandb: str = field(default="", metadata=_may_change(
+        "Also log to Weights & Biases, into this project (empty: off; needs `pip install wandb`). "
+        "Offline (files under proj_dir/wandb, `wandb sync` uploads them) unless WANDB_MODE is set "
+        "or an API key is configured; a resumed run continues the same wandb run."))
+
+    def __post_init__(self) -> None:
+        if self.accumulate_grad_batches < 1:
+            raise ValueError(f"--accumulate_grad_batches must be at least 1, got "
+                             f"{self.accumulate_grad_batches}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 
 from ..config import AsrConfig, TrainConfig
+from ..data.accumulation import WindowedLoader
 from ..data.resumable import ResumableLoader
 from ..data.speech import (
     CorpusCounts,
@@ -30,6 +31,7 @@ from ..data.speech import (
     load_corpus,
     load_corpus_with_counts,
 )
+from ..data.tokenizer import WorldTokenizer
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,12 @@ def transcript_ids(tokenizer, texts: list[str], asr: AsrConfig) -> list[list[int
     return [tokenizer.encode(t.lower() if asr.lowercase else t) for t in texts]
 
 
+def target_tokens(tokenizer, text: str, asr: AsrConfig) -> int:
+    """The tokens training predicts for one transcript: its ids and the end token, as
+    SpeechRWKV.utterance_losses counts them."""
+    return len(transcript_ids(tokenizer, [text], asr)[0]) + 1
+
+
 def speech_loader(dataset: SpeechDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                   num_replicas: int = 1, rank: int = 0, num_workers: int = 0) -> ResumableLoader:
     sampler = LengthBucketBatchSampler(dataset.durations(), batch_size, shuffle=shuffle, seed=seed,
@@ -167,6 +175,7 @@ class AsrDataModule(L.LightningDataModule):
                              "folder of several splits)")
         self.cfg, self.asr = cfg, asr
         self.train_set = self.val_set = None
+        self._target_counts: dict[int, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -174,18 +183,35 @@ class AsrDataModule(L.LightningDataModule):
             self.val_set = (speech_dataset(self.cfg.val_file, self.asr, "--val_file") if self.cfg.val_file
                             else None)
 
-    def steps_per_epoch(self, world_size: int) -> int:
+    def batches_per_epoch(self, world_size: int) -> int:
+        """Micro-batches per process in one epoch."""
         return len(LengthBucketBatchSampler(self.train_set.durations(), self.cfg.micro_bsz,
                                             num_replicas=world_size, rank=0))
+
+    def _targets_of(self, indices: list[int]) -> int:
+        """Target tokens of these training utterances (each tokenised once, when first needed)."""
+        if self._target_counts is None:
+            self._target_counts, self._tokenizer = {}, WorldTokenizer()
+        for i in indices:
+            if i not in self._target_counts:
+                text = self.train_set.utterances[i].text
+                self._target_counts[i] = target_tokens(self._tokenizer, text, self.asr)
+        return sum(self._target_counts[i] for i in indices)
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_dataloader(self) -> WindowedLoader:
+        """Shuffled length buckets; each batch carries its accumulation window's target-token
+        total, so that the loss is token-weighted over the window (data/accumulation.py)."""
         replicas, rank = self._replicas()
-        return speech_loader(self.train_set, self.cfg.micro_bsz, shuffle=True, seed=self.cfg.seed,
-                             num_replicas=replicas, rank=rank, num_workers=self.cfg.num_workers)
+        sampler = LengthBucketBatchSampler(self.train_set.durations(), self.cfg.micro_bsz, shuffle=True,
+                                           seed=self.cfg.seed, num_replicas=replicas, rank=rank)
+        return WindowedLoader(self.train_set, sampler, accumulate=self.cfg.accumulate_grad_batches,
+                              targets_of=self._targets_of, seed=self.cfg.seed, collate_fn=collate_speech,
+                              num_workers=self.cfg.num_workers,
+                              persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self):
         if self.val_set is None:

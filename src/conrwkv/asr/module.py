@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from ..config import AsrConfig, TrainConfig
+from ..data.accumulation import WINDOW_TARGETS, window_loss
 from ..train.optim import build_optimizer
 from .data import transcript_ids
 from .speech_rwkv import SpeechRWKV
@@ -39,9 +40,11 @@ class AsrModule(L.LightningModule):
             # every trained parameter, so that the other processes' gradient all-reduce (DDP,
             # DeepSpeed) is matched instead of hanging (returning None skipped it on one rank).
             return sum((p * 0.0).sum() for p in self.model.trainable_named_parameters().values())
-        loss = self.model.loss(batch["audio"], self.targets(batch["texts"]))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["audio"]))
-        return loss
+        sums, counts = self.model.utterance_losses(batch["audio"], self.targets(batch["texts"]))
+        summed = sums.sum()
+        self.log("train/loss", summed.detach() / counts.sum(), prog_bar=True, batch_size=len(batch["audio"]))
+        # Token-weighted over the accumulation window, not a mean of micro-batch means.
+        return window_loss(summed, batch[WINDOW_TARGETS], self.train_config.accumulate_grad_batches)
 
     def training_problem(self) -> str | None:
         """The guard's question (train/guards.py), asked on every process before each save and

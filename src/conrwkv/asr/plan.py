@@ -13,6 +13,7 @@ from pathlib import Path
 from ..config import AsrConfig, ModelConfig, TrainConfig
 from ..io import read_json
 from ..model import RWKV6
+from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
 from .oracle import ORACLE_FIELDS
@@ -72,8 +73,14 @@ def plan_train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainCo
                    asr_cfg: AsrConfig) -> dict:
     """What train_asr will use, for --dry_run: the LLM read off --load_model with the options
     applied, and the hardware resolved."""
-    return {"llm": _llm_plan(model_given, train_cfg),
-            "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
+    hardware = Hardware.of(train_cfg)
+    # The corpus is not read here (its headers take minutes for a large one): the mean audio per
+    # step and the steps per epoch are stated in run.json and the log when the run reads it.
+    batch = {**effective_batch(train_cfg, hardware, micro_batches_per_epoch=None),
+             "note": "mean audio seconds per optimizer step and optimizer steps per epoch: in "
+                     "run.json and the log's first lines, once the run has read the corpus"}
+    return {"llm": _llm_plan(model_given, train_cfg), "hardware": dataclasses.asdict(hardware),
+            "batch": batch}
 
 
 def plan_trained_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,

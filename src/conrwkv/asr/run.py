@@ -31,6 +31,7 @@ from ..eval.fresh_names import new_folder
 from ..eval.wer import format_wer_table, split_summary, write_split_results
 from ..io import atomic_json_save, safe_torch_load
 from ..model import StepperCache
+from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.trainer import fit, resolve_max_steps
 from .data import AsrDataModule, corpus_names, eval_dataset, parse_corpora, speech_loader, transcript_ids
@@ -80,8 +81,12 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     if train_cfg.compile:
         speech.llm.compile_blocks()
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
+    mean_seconds = float(np.mean(data.train_set.durations()))
+    batch = effective_batch(train_cfg, hardware, mean_seconds_per_sample=mean_seconds,
+                            micro_batches_per_epoch=data.batches_per_epoch(hardware.processes))
     run_config = {"task": "asr", "model": dataclasses.asdict(speech.llm.config),
-                  "train": dataclasses.asdict(train_cfg), "asr": dataclasses.asdict(asr_cfg)}
+                  "train": dataclasses.asdict(train_cfg), "asr": dataclasses.asdict(asr_cfg),
+                  "batch": batch}
     trainer = fit(module, data, train_cfg, hardware, WEIGHTS_NAME, run_config)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 

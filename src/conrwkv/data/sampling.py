@@ -63,6 +63,10 @@ class WindowDataset(Dataset):
         # int(): samplers and Subset hand out numpy integers, which three-argument pow refuses.
         return pow((int(i) + self.offset) % self.prime, 3, self.prime) * self.ctx_len
 
+    def targets(self, indices: list[int]) -> int:
+        """Loss targets (mask entries set) of these samples: ctx_len each."""
+        return self.ctx_len * len(indices)
+
     def __getitem__(self, i: int):
         start = self.window_start(i)
         tokens = torch.from_numpy(self.reader.tokens[start:start + self.ctx_len + 1].astype(np.int64))
@@ -83,6 +87,11 @@ class DocumentDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.reader)
+
+    def targets(self, indices: list[int]) -> int:
+        """Loss targets (mask entries set) of these samples: a document's predictions, at most ctx_len."""
+        sizes = self.reader.sizes[np.asarray(indices, dtype=np.int64)]
+        return int((np.minimum(sizes, self.ctx_len + 1) - 1).sum())
 
     def __getitem__(self, i: int):
         doc = self.reader[i][: self.ctx_len + 1].astype(np.int64)

@@ -14,8 +14,9 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..config import TrainConfig
+from ..data.accumulation import WindowedLoader
 from ..data.binidx import BinidxReader
-from ..data.resumable import ResumableLoader, ShardedBatchSampler
+from ..data.resumable import ShardedBatchSampler
 from ..data.sampling import DocumentDataset, WindowDataset
 from .plan import LMData, resolve_lm_data
 
@@ -46,7 +47,8 @@ class LMDataModule(L.LightningDataModule):
             return DocumentDataset(reader, self.cfg.ctx_len)
         return WindowDataset(reader, self.cfg.ctx_len, seed=self.cfg.seed)
 
-    def steps_per_epoch(self, world_size: int) -> int:
+    def batches_per_epoch(self, world_size: int) -> int:
+        """Micro-batches per process in one epoch."""
         return len(self.train_set) // (self.cfg.micro_bsz * world_size)
 
     def setup(self, stage: str | None = None) -> None:
@@ -62,17 +64,20 @@ class LMDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_dataloader(self) -> WindowedLoader:
         """This process's share: rank r of R takes every R-th sample of one order, whole
         batches only (the remainder of the epoch is left out, never padded with repeats).
-        Windows come in magic-prime order already; documents are shuffled every epoch."""
+        Windows come in magic-prime order already; documents are shuffled every epoch. Each
+        batch carries its accumulation window's target count (data/accumulation.py): documents
+        shorter than ctx_len + 1 have fewer targets, so micro-batches' counts differ."""
         replicas, rank = self._replicas()
         sampler = ShardedBatchSampler(len(self.train_set), self.cfg.micro_bsz,
                                       shuffle=self.kind == "documents", seed=self.cfg.seed,
                                       num_replicas=replicas, rank=rank)
-        return ResumableLoader(self.train_set, sampler, seed=self.cfg.seed,
-                               num_workers=self.cfg.num_workers,
-                               persistent_workers=self.cfg.num_workers > 0)
+        return WindowedLoader(self.train_set, sampler, accumulate=self.cfg.accumulate_grad_batches,
+                              targets_of=self.train_set.targets, seed=self.cfg.seed,
+                              num_workers=self.cfg.num_workers,
+                              persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self):
         """Every validation sample once over all processes; the last batches are padded with

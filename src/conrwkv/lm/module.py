@@ -1,6 +1,7 @@
 """LightningModule for language-model training: from scratch (RWKV-ICL) or from an official .pth.
 
-Loss: mean next-token cross-entropy over the unmasked targets. Validation accumulates summed
+Loss: mean next-token cross-entropy over the unmasked targets; under gradient accumulation, over
+the targets of the whole accumulation window (data/accumulation.py). Validation accumulates summed
 loss and token counts across batches and processes before dividing, so the reported loss is a
 true per-token mean whatever the batching; on Markov data it also sums the Bayes-optimal loss
 of exactly the same documents and positions, so val/gap is an exact comparison.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ModelConfig, TrainConfig
+from ..data.accumulation import WINDOW_TARGETS, window_loss
 from ..model import RWKV6
 from ..train.optim import build_optimizer
 
@@ -45,9 +47,9 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         losses = masked_token_losses(self(batch["input"]), batch["target"], batch["mask"])
-        loss = losses.sum() / batch["mask"].sum().clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        summed = losses.sum()
+        self.log("train/loss", summed.detach() / batch["mask"].sum().clamp(min=1), prog_bar=True)
+        return window_loss(summed, batch[WINDOW_TARGETS], self.train_config.accumulate_grad_batches)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, bayes, count

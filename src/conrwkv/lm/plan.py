@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ModelConfig, TrainConfig
+from ..data.binidx import BinidxReader
 from ..data.markov import META_KEYS
+from ..data.sampling import magic_prime
 from ..io import read_json
 from ..model import RWKV6
+from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
 
@@ -78,10 +81,26 @@ def _model_plan(model_cfg: ModelConfig, model_given: dict, weights: str) -> dict
             **dataclasses.asdict(model_config(model_cfg, model_given, weights))}
 
 
+def train_samples(data: LMData, ctx_len: int) -> int:
+    """Training samples in one epoch: the documents, or the magic prime's number of windows
+    (what LMDataModule's data set holds), read off the index without reading the tokens."""
+    reader = BinidxReader(data.train)
+    return len(reader) if data.kind == "documents" else magic_prime(reader.n_tokens, ctx_len)
+
+
 def plan_train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
-    """What train_lm will use, for --dry_run: the model, the data and the hardware resolved."""
-    return {"model": _model_plan(model_cfg, model_given, train_cfg.load_model),
-            "data": _data_plan(train_cfg), "hardware": dataclasses.asdict(Hardware.of(train_cfg))}
+    """What train_lm will use, for --dry_run: the model, the data, the hardware and the
+    effective batch resolved."""
+    model = _model_plan(model_cfg, model_given, train_cfg.load_model)
+    hardware = Hardware.of(train_cfg)
+    data = _data_plan(train_cfg)
+    micro_batches = None
+    if "note" not in data:
+        samples = train_samples(resolve_lm_data(train_cfg), train_cfg.ctx_len)
+        micro_batches = samples // (train_cfg.micro_bsz * hardware.processes)
+    return {"model": model, "data": data, "hardware": dataclasses.asdict(hardware),
+            "batch": effective_batch(train_cfg, hardware, tokens_per_sample=train_cfg.ctx_len,
+                                     micro_batches_per_epoch=micro_batches)}
 
 
 def plan_eval_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:

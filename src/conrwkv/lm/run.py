@@ -15,6 +15,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..model import RWKV6
+from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
 from ..train.trainer import fit, resolve_max_steps
@@ -47,8 +48,10 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     markov = data.markov_folder
     bayes = np.load(markov / "val_curves.npz")["bayes_by_sequence"] if markov else None
     module = LMModule(model, train_cfg, bayes)
+    batch = effective_batch(train_cfg, hardware, tokens_per_sample=train_cfg.ctx_len,
+                            micro_batches_per_epoch=datamodule.batches_per_epoch(hardware.processes))
     run_config = {"task": "lm", "model": dataclasses.asdict(model.config),
-                  "train": dataclasses.asdict(train_cfg)}
+                  "train": dataclasses.asdict(train_cfg), "batch": batch}
     trainer = fit(module, datamodule, train_cfg, hardware, WEIGHTS_NAME, run_config)
     result = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if markov and trainer.is_global_zero:

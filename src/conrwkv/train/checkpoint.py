@@ -94,21 +94,30 @@ class StepCheckpoint(L.Callback):
         self.before_save = before_save
         self.last_saved_step = -1
         self.started = None
+        # Whether the last micro-batch ended an accumulation window (an optimizer step followed).
+        self.at_window_end = True
+        self._step_before = 0
 
     def on_train_start(self, trainer, pl_module):
         # Wall time of this process's training, for the weights' sidecar (a resumed run counts
         # from its resume).
         self.started = time.perf_counter()
         # A resume from step N restores N's state: nothing new to save at N.
-        self.last_saved_step = trainer.global_step
+        self.last_saved_step = self._step_before = trainer.global_step
+        self.at_window_end = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        self.at_window_end, self._step_before = step != self._step_before, step
         if self.every and step % self.every == 0 and step != self.last_saved_step:
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        if trainer.global_step != self.last_saved_step:
+        # A run stopped inside an accumulation window (by should_stop) holds gradients of part
+        # of a window, which no checkpoint keeps, and its data position is past the window's
+        # start: a checkpoint now could not resume exactly. The last save (at an optimizer step)
+        # is where a relaunch continues, training the window's micro-batches again.
+        if trainer.global_step != self.last_saved_step and self.at_window_end:
             self.save(trainer, pl_module)
 
     def save(self, trainer: L.Trainer, pl_module) -> None:

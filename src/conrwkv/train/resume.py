@@ -42,6 +42,9 @@ def _comparable(settings: dict) -> dict:
     """As the settings read back from JSON (tuples become lists), with the fields that may
     change on a resume left out."""
     plain = json.loads(json.dumps(settings, default=str))
+    # The effective batch (train/batch_size.py) follows from compared settings and the data: it
+    # is stated for the reader, and a folder begun before it was stated must still resume.
+    plain.pop("batch", None)
     for section, cls in _SECTIONS.items():
         if isinstance(plain.get(section), dict):
             for name in resume_may_change(cls):
