@@ -17,6 +17,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """For modules of tiny models (pytestmark = pytest.mark.usefixtures("single_torch_thread"))."""
+    from asr_factories import one_torch_thread
+
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ and the length limit derived from the audio holds."""
 
 import pytest
 import torch
-from asr_factories import one_torch_thread, random_audio, tiny_speech_rwkv
+from asr_factories import random_audio, tiny_speech_rwkv
 
 from conrwkv.asr import beam_search, decode, greedy_decode, max_new_tokens
 from conrwkv.asr.decode import run_prefixes
@@ -13,10 +13,8 @@ from conrwkv.config import AsrConfig
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SECONDS = [1.0, 1.7, 0.6, 1.3, 0.9]
 

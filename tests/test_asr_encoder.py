@@ -8,7 +8,6 @@ import logging
 import pytest
 import torch
 from asr_factories import (
-    one_torch_thread,
     random_audio,
     tiny_hubert_folder,
     tiny_speech_rwkv,
@@ -21,10 +20,8 @@ from conrwkv.asr import SpeechEncoder
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SECONDS = [1.0, 0.73, 0.4]
 

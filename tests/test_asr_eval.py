@@ -10,7 +10,6 @@ import logging
 import shutil
 
 import pytest
-from asr_factories import one_torch_thread
 from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, write_tone
 
 from conrwkv.asr import run as run_asr
@@ -22,10 +21,8 @@ from conrwkv.train.step_files import weights_path
 N = len(LIBRISPEECH_UTTERANCES)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

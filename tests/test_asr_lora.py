@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from asr_factories import one_torch_thread, random_audio, tiny_speech_rwkv
+from asr_factories import random_audio, tiny_speech_rwkv
 
 from conrwkv.config import LORA_TARGETS, AsrConfig, TrainConfig
 
@@ -18,10 +18,8 @@ pytest.importorskip("peft")
 TOKENS = [36, 40, 41, 17, 5, 88, 3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

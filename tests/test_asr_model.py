@@ -5,7 +5,7 @@ run by the `rwkv` package, and one optimisation step that lowers the loss."""
 import pytest
 import torch
 import torch.nn.functional as F
-from asr_factories import one_torch_thread, random_audio, tiny_speech_rwkv
+from asr_factories import random_audio, tiny_speech_rwkv
 
 from conrwkv.asr import Projector, SpeechRWKV
 from conrwkv.config import AsrConfig
@@ -13,10 +13,8 @@ from conrwkv.config import AsrConfig
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 TARGETS = [[40, 41, 42, 43], [50, 51], [60, 61, 62, 63, 64, 65, 66]]
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from asr_factories import one_torch_thread, random_audio
+from asr_factories import random_audio
 from factories import random_checkpoint
 from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech
 
@@ -27,10 +27,8 @@ TARGETS = [[40, 41, 42, 43, 44], [50, 51], [60, 61, 62]]
 SEPARATOR = 36                          # "#" in the World vocabulary, inside the tiny one
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

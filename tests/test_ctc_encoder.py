@@ -10,7 +10,6 @@ import jiwer
 import numpy as np
 import pytest
 import torch
-from asr_factories import one_torch_thread
 from speech_fixtures import make_librispeech
 
 from conrwkv.asr import ctc_encoder
@@ -32,10 +31,8 @@ TINY_FLAGS = ["--hidden_size", "32", "--layers", "1", "--heads", "2", "--ffn", "
               "--batch_size", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+# tiny models: one torch thread for the whole module (asr_factories.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
