@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "installed ones)")
     synth.add_argument("--workers", type=int, default=0,
                        help="synthesiser processes run at once (0: one per CPU core)")
+    synth.add_argument("--plan_only", action="store_true",
+                       help="write meta.json, utterances.tsv and the transcripts but no audio (e.g. for "
+                            "lmtext --corpus where the audio is made elsewhere); run again without it "
+                            "to speak the audio into the same folder")
     synth.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
     synthkit = commands.add_parser(
@@ -228,6 +232,7 @@ def run(args: argparse.Namespace) -> None:
                              snr_db=None if args.snr_db is None else tuple(args.snr_db),
                              noise_fraction=args.noise_fraction)
         synthesize_corpus(args.out, config, workers=args.workers or None, progress=not args.no_progress,
+                          plan_only=args.plan_only,
                           tools=args.tools)
     elif args.command == "synthkit":
         log = logging.getLogger("dataset2")

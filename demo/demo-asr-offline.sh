@@ -39,16 +39,19 @@ DATA=${DATA:-data/asr-offline}
 RUN_DIR=${RUN_DIR:-output/asr-offline}
 
 # ---- corpus (prepare) ----
-N_TRAIN=${N_TRAIN:-8000}          # utterances, seen voices
+N_TRAIN=${N_TRAIN-8000}           # utterances, seen voices (empty: SYNTH_ARGS gives --hours)
 N_DEV=${N_DEV:-300}
 N_TEST_CLEAN=${N_TEST_CLEAN:-500} # seen voices, unseen sentences
 N_TEST_OTHER=${N_TEST_OTHER:-500} # held-out voices, unseen sentences
+SYNTH_ARGS=${SYNTH_ARGS:-}        # more dataset2.py synth flags, e.g. "--voices all --hours 10 --tools DIR"
 
 # ---- encoder: HubertForCTC trained from random weights ----
 ENC_STEPS=${ENC_STEPS:-6000}
 ENC_BATCH=${ENC_BATCH:-32}
 ENC_LR=${ENC_LR:-1.5e-3}
-ENC_TIME_LIMIT=${ENC_TIME_LIMIT:-0}   # seconds: stop early and keep the model (0: run all steps)
+ENC_TIME_LIMIT=${ENC_TIME_LIMIT:-0}   # seconds: stop early and keep the model, lr decayed by then (0: run all steps)
+ENC_ARGS=${ENC_ARGS:-}            # more ctc_encoder flags, e.g. "--hidden_size 384 --layers 8"
+ENCODER=${ENCODER:-$RUN_DIR/encoder}   # the encoder folder: written by the encoder stage, read by slam and grid
 
 # ---- language models: a ladder of sizes, <layers>x<embedding>, each trained in turn ----
 LM_SIZES=${LM_SIZES:-6x384 12x768 24x1024}
@@ -63,6 +66,7 @@ LM_WARMUP=${LM_WARMUP:-50}
 LM_VAL_EVERY=${LM_VAL_EVERY:-100}
 LM_VAL_BATCHES=${LM_VAL_BATCHES:-4}
 LM_SAVE_EVERY=${LM_SAVE_EVERY:-200}   # steps between resumable checkpoints
+LM_COMPILE=${LM_COMPILE:-1}           # 1: torch.compile the blocks (--compile); 0: eager (e.g. on a CPU)
 LM_SOURCES=${LM_SOURCES:-wordnet gcide devil jargon foldoc fortunes}   # dataset2.py lmtext --sources
 LM_COPY_FRACTION=${LM_COPY_FRACTION:-0}   # >0: also "sentence # sentence" documents (lm_text.py); 0.5 did worse on WordNet
 
@@ -81,11 +85,13 @@ GRID_ARMS=${GRID_ARMS:-projector,state,state-conv,lora,full,oracle}
 GRID_SEEDS=${GRID_SEEDS:-0}       # comma-separated training seeds
 GRID_BUDGET=${GRID_BUDGET:-0}     # seconds for one call (0: no limit); the next call goes on
 GRID_SAVE_EVERY=${GRID_SAVE_EVERY:-100}   # steps between checkpoints: what a stopped call redoes
+GRID_PARALLEL=${GRID_PARALLEL:-1}         # cells trained at the same time on the one GPU
+GRID_CONV_KERNELS=${GRID_CONV_KERNELS:-$CONV_KERNEL}   # comma-separated: one state-conv cell per kernel
 PARALLEL_RUNS=${PARALLEL_RUNS:-0}   # 1: train the three configurations at the same time
 PRECISION=${PRECISION:-auto}
 
 CORPUS=${CORPUS:-$DATA/corpus}
-PACK=${PACK:-$DATA/corpus.tar}        # the corpus as one Opus archive, to carry it elsewhere
+PACK=${PACK-$DATA/corpus.tar}         # the corpus as one Opus archive, to carry it elsewhere (empty: none)
 LM_TEXT=${LM_TEXT:-$DATA/lm-text}
 
 case "$*" in
@@ -102,7 +108,7 @@ run_or_print() {
 
 ensure_corpus() {
   if [ -f "$CORPUS/meta.json" ]; then return; fi
-  if [ ! -f "$PACK" ]; then
+  if [ -z "$PACK" ] || [ ! -f "$PACK" ]; then
     if [ -n "$dry_run" ]; then
       echo "demo-asr-offline: dry run: no corpus in $CORPUS yet and no pack $PACK: the prepare stage makes them"
       return
@@ -114,23 +120,25 @@ ensure_corpus() {
 }
 
 stage_prepare() {
-  run_or_print python dataset2.py synth --out "$CORPUS" --train "$N_TRAIN" --dev "$N_DEV" \
-    --test_clean "$N_TEST_CLEAN" --test_other "$N_TEST_OTHER" --no_progress
-  [ -f "$PACK" ] || run_or_print python dataset2.py pack --corpus "$CORPUS" --out "$PACK" \
-    --no_progress
+  # shellcheck disable=SC2086 # SYNTH_ARGS is a list of flags
+  run_or_print python dataset2.py synth --out "$CORPUS" ${N_TRAIN:+--train "$N_TRAIN"} --dev "$N_DEV" \
+    --test_clean "$N_TEST_CLEAN" --test_other "$N_TEST_OTHER" --no_progress $SYNTH_ARGS
+  [ -z "$PACK" ] || [ -f "$PACK" ] || run_or_print python dataset2.py pack --corpus "$CORPUS" \
+    --out "$PACK" --no_progress
   # shellcheck disable=SC2086 # LM_SOURCES is a list of words
   [ -f "$LM_TEXT/train.idx" ] || run_or_print python dataset2.py lmtext --corpus "$CORPUS" \
     --out "$LM_TEXT" --sources $LM_SOURCES --copy_fraction "$LM_COPY_FRACTION"
 }
 
 stage_encoder() {
-  if [ -f "$RUN_DIR/encoder/ctc_results.json" ]; then echo "encoder: $RUN_DIR/encoder exists, kept"; return; fi
+  if [ -f "$ENCODER/ctc_results.json" ]; then echo "encoder: $ENCODER exists, kept"; return; fi
   ensure_corpus
-  run_or_print rm -rf "$RUN_DIR/encoder"   # what a stopped run left (no ctc_results.json yet)
+  run_or_print rm -rf "$ENCODER"   # what a stopped run left (no ctc_results.json yet)
+  # shellcheck disable=SC2086 # ENC_ARGS is a list of flags
   run_or_print python -m conrwkv.asr.ctc_encoder --train_data "$CORPUS/train" \
-    --eval_data "$CORPUS/dev,$CORPUS/test-clean,$CORPUS/test-other" --out "$RUN_DIR/encoder" \
+    --eval_data "$CORPUS/dev,$CORPUS/test-clean,$CORPUS/test-other" --out "$ENCODER" \
     --steps "$ENC_STEPS" --batch_size "$ENC_BATCH" --lr "$ENC_LR" --time_limit "$ENC_TIME_LIMIT" \
-    --no_progress
+    --no_progress $ENC_ARGS
 }
 
 # The weights a finished LM run of size $1 writes (its last step's file).
@@ -162,6 +170,7 @@ tee_to() {
 
 stage_lm() {
   for size in $LM_SIZES; do lm_shape "$size" > /dev/null; done   # every size checked before any run
+  compile=; [ "$LM_COMPILE" = 0 ] || compile=--compile
   for size in $LM_SIZES; do
     shape=$(lm_shape "$size")
     if [ -f "$(lm_weights "$size")" ]; then echo "lm: $(lm_weights "$size") exists, kept"; continue; fi
@@ -171,7 +180,7 @@ stage_lm() {
       --n_layer "${shape% *}" --n_embd "${shape#* }" --head_size "$LM_HEAD_SIZE" --ctx_len "$LM_CTX" \
       --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final "$LM_LR_FINAL" \
       --warmup_steps "$LM_WARMUP" --val_every "$LM_VAL_EVERY" --val_batches "$LM_VAL_BATCHES" \
-      --save_every "$LM_SAVE_EVERY" --compile --precision "$PRECISION" --devices 1 \
+      --save_every "$LM_SAVE_EVERY" ${compile} --precision "$PRECISION" --devices 1 \
       --proj_dir "$RUN_DIR/lm/$size" $dry_run
   done
 }
@@ -179,7 +188,7 @@ stage_lm() {
 # name, then the training flags of this configuration
 slam_run() {
   name=$1; shift
-  python train.py --task asr --op train --load_model "$(lm_weights "$SLAM_LM")" --encoder "$RUN_DIR/encoder" \
+  python train.py --task asr --op train --load_model "$(lm_weights "$SLAM_LM")" --encoder "$ENCODER" \
     --data_file "$CORPUS/train" --val_file "$CORPUS/dev" --micro_bsz "$ASR_BSZ" --epochs "$ASR_EPOCHS" \
     --lr_state_init "$ASR_LR_STATE" --lr_init "$ASR_LR_ADAPTER" --lr_final "$ASR_LR_ADAPTER_FINAL" \
     --warmup_steps "$ASR_WARMUP" --precision "$PRECISION" --devices 1 \
@@ -193,7 +202,7 @@ slam_run() {
 stage_slam() {
   lm_shape "$SLAM_LM" > /dev/null
   ensure_corpus
-  if [ -z "$dry_run" ] && { [ ! -f "$(lm_weights "$SLAM_LM")" ] || [ ! -f "$RUN_DIR/encoder/config.json" ]; }; then
+  if [ -z "$dry_run" ] && { [ ! -f "$(lm_weights "$SLAM_LM")" ] || [ ! -f "$ENCODER/config.json" ]; }; then
     echo "demo-asr-offline: the slam stage needs the encoder and the lm stage's $SLAM_LM model first" >&2
     exit 1
   fi
@@ -234,15 +243,15 @@ stage_grid() {
     fi
     lms="$lms --lm $size=$(lm_weights "$size")"
   done
-  if [ -z "$dry_run" ] && [ ! -f "$RUN_DIR/encoder/config.json" ]; then
+  if [ -z "$dry_run" ] && [ ! -f "$ENCODER/config.json" ]; then
     echo "demo-asr-offline: the grid stage needs the encoder stage first" >&2
     exit 1
   fi
   # $lms holds "--lm SIZE=PATH" pairs: word splitting is wanted (sizes and paths have no spaces)
   # shellcheck disable=SC2086
-  run_or_print python -m conrwkv.asr.grid $lms --encoder "$RUN_DIR/encoder" --corpus "$CORPUS" \
-    --arms "$GRID_ARMS" --seeds "$GRID_SEEDS" --conv_kernel "$CONV_KERNEL" --out "$RUN_DIR/grid" \
-    --budget_s "$GRID_BUDGET" \
+  run_or_print python -m conrwkv.asr.grid $lms --encoder "$ENCODER" --corpus "$CORPUS" \
+    --arms "$GRID_ARMS" --seeds "$GRID_SEEDS" --conv_kernels "$GRID_CONV_KERNELS" --out "$RUN_DIR/grid" \
+    --budget_s "$GRID_BUDGET" --parallel "$GRID_PARALLEL" \
     --train_args "--micro_bsz $ASR_BSZ --epochs $ASR_EPOCHS --lr_state_init $ASR_LR_STATE --lr_init $ASR_LR_ADAPTER --lr_final $ASR_LR_ADAPTER_FINAL --warmup_steps $ASR_WARMUP --precision $PRECISION --devices 1 --save_every $GRID_SAVE_EVERY" \
     --eval_args "--micro_bsz $ASR_BSZ --beam $ASR_BEAM --precision $PRECISION"
 }

@@ -206,3 +206,15 @@ def test_command_line_errors(capsys):
     assert exit_info.value.code == 2 and "--train_data" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ctc_encoder.main(["--train_data", "a", "--out", "x", "--steps", "many"])
+
+
+def test_the_learning_rate_warms_up_by_steps_and_decays_by_steps_or_by_the_clock():
+    config = ctc_encoder.CtcEncoderConfig(steps=1000, warmup=100)
+    lr = ctc_encoder.lr_multiplier
+    assert lr(0, 0.0, config, 0.0) == pytest.approx(0.01) and lr(100, 0.0, config, 0.0) == 1.0
+    assert lr(550, 0.0, config, 0.0) == pytest.approx(0.5) and lr(1000, 0.0, config, 0.0) == 0.0
+    # with a time limit the decay ends when the clock does, if that comes before the last step
+    assert lr(200, 30.0, config, 60.0) == pytest.approx(0.5)
+    assert lr(200, 60.0, config, 60.0) == 0.0
+    assert lr(900, 1.0, config, 60.0) == pytest.approx(1 - 800 / 900)     # the steps end first
+    assert lr(50, 59.0, config, 60.0) < lr(50, 0.0, config, 60.0)   # warm-up is still by steps

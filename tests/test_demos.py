@@ -154,6 +154,7 @@ case " $* " in
   *" train.py "*) exit 0 ;;
   *" conrwkv.asr.ablation "*) echo "| configuration | test-clean WER |"; exit "$ABLATION_STATUS" ;;
   *" conrwkv.asr.grid "*) exit 0 ;;
+  *"dataset2.py synth "*) exit 0 ;;
 esac
 echo "unexpected python call: $*" >&2; exit 99
 """
@@ -236,6 +237,28 @@ def test_the_lm_stage_trains_each_size_not_yet_finished(tmp_path):
     assert all("--compile" in c and "--max_steps" in c for c in trained)
 
 
+def test_lm_compile_0_trains_eagerly(tmp_path):
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
+        "STAGES": "lm", "RUN_DIR": str(tmp_path / "runs"), "LM_SIZES": "2x64", "LM_COMPILE": "0"})
+    assert out.returncode == 0, out.stderr
+    [call] = calls(tmp_path)
+    assert "--compile" not in call.split() and "--n_embd 64" in call
+
+
+def test_the_prepare_stage_takes_synth_flags_an_hours_target_and_no_pack(tmp_path):
+    data = tmp_path / "data"
+    (data / "lm-text").mkdir(parents=True)
+    (data / "lm-text" / "train.idx").write_bytes(b"")              # the LM text exists: kept
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
+        "STAGES": "prepare", "DATA": str(data), "N_TRAIN": "", "PACK": "",
+        "SYNTH_ARGS": "--voices all --hours 2 --tools /kit"})
+    assert out.returncode == 0, out.stderr
+    [call] = calls(tmp_path)                                         # synth only: no pack
+    flags = call.split()
+    assert flags[:2] == ["dataset2.py", "synth"] and "--train" not in flags
+    assert " --voices all --hours 2 --tools /kit" in call and "--dev 300" in call
+
+
 @pytest.mark.parametrize("env", [{"LM_SIZES": "6x384 12by768"}, {"LM_SIZES": "6x"},
                                  {"STAGES": "slam", "SLAM_LM": "x384"}])
 def test_a_malformed_lm_size_is_refused(tmp_path, env):
@@ -252,7 +275,8 @@ def test_the_grid_stage_passes_every_lm_size_and_the_slam_settings(tmp_path):
     (runs / "encoder").mkdir(parents=True)
     (runs / "encoder" / "config.json").write_text("{}")
     env = {"STAGES": "grid", "DATA": str(data), "RUN_DIR": str(runs), "LM_STEPS": "10",
-           "LM_SIZES": "2x64 4x128", "GRID_ARMS": "state,oracle", "GRID_SEEDS": "0,1"}
+           "LM_SIZES": "2x64 4x128", "GRID_ARMS": "state,oracle", "GRID_SEEDS": "0,1",
+           "GRID_PARALLEL": "3"}
     (runs / "lm" / "2x64").mkdir(parents=True)
     (runs / "lm" / "2x64" / "rwkv-step000010.pth").write_bytes(b"")
     out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", env)
@@ -265,4 +289,5 @@ def test_the_grid_stage_passes_every_lm_size_and_the_slam_settings(tmp_path):
     assert call.startswith("-m conrwkv.asr.grid ")
     assert (f"--lm 2x64={runs}/lm/2x64/rwkv-step000010.pth --lm 4x128={runs}/lm/4x128/rwkv-step000010.pth"
             in call)
-    assert "--arms state,oracle --seeds 0,1 --conv_kernel 3" in call and "--save_every 100" in call
+    assert "--arms state,oracle --seeds 0,1 --conv_kernels 3" in call and "--save_every 100" in call
+    assert "--parallel 3" in call and f"--encoder {runs}/encoder " in call

@@ -230,6 +230,26 @@ def test_tiny_corpus_in_librispeech_layout(tmp_path):
 
 
 @needs_tools
+def test_a_planned_corpus_has_its_transcripts_and_no_audio_and_is_spoken_later(tmp_path):
+    from conrwkv.data.offline.lm_text import corpus_transcripts
+
+    config = SynthConfig(**{**TINY.__dict__, "train": 2, "dev": 1, "test_clean": 1, "test_other": 1})
+    planned = synthesize_corpus(tmp_path / "planned", config, progress=False, plan_only=True)
+    assert not list(planned.rglob("*.flac"))
+    assert json.loads((planned / "meta.json").read_text())["complete"] is False
+    plan = plan_corpus(config, synth.load_sentences(config.min_words, config.max_words))
+    test_text = corpus_transcripts(planned, ["dev", "test-clean", "test-other"])
+    assert test_text and test_text == corpus_transcripts(
+        synthesize_corpus(tmp_path / "spoken", config, workers=1, progress=False),
+        ["dev", "test-clean", "test-other"])
+    assert len(test_text) == sum(u.split != "train" for u in plan)
+    # the same folder, run again without plan_only: the audio is spoken into it and it is complete
+    synthesize_corpus(planned, config, workers=1, progress=False)
+    assert json.loads((planned / "meta.json").read_text())["complete"] is True
+    assert len(list(planned.rglob("*.flac"))) == len(plan)
+
+
+@needs_tools
 def test_synthesis_is_deterministic_and_checks_voices(tmp_path):
     config = SynthConfig(**{**TINY.__dict__, "train": 2, "dev": 0, "test_clean": 0, "test_other": 1})
     a = synthesize_corpus(tmp_path / "a", config, workers=1, progress=False)

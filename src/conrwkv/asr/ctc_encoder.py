@@ -24,8 +24,10 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,8 +120,11 @@ def build_processor_parts(folder: Path):
 
 def _load_split(source: str) -> tuple[list[str], list[np.ndarray], list[str]]:
     utterances = load_corpus(source)
-    audio = [load_audio(u.audio, u.audio_name) for u in tqdm(utterances, desc=f"load {Path(source).name}",
-                                                                unit="utt", leave=False)]
+    # Threads: decoding runs in libsndfile, outside the GIL, so hours of FLAC load in seconds.
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        audio = list(tqdm(pool.map(lambda u: load_audio(u.audio, u.audio_name), utterances),
+                          total=len(utterances), desc=f"load {Path(source).name}", unit="utt",
+                          leave=False))
     return [u.id for u in utterances], audio, [u.text for u in utterances]
 
 
@@ -127,6 +132,17 @@ def _batch_inputs(extractor, audio: list[np.ndarray], device) -> dict[str, torch
     inputs = extractor(audio, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt",
                        return_attention_mask=True)
     return {k: v.to(device) for k, v in inputs.items()}
+
+
+def lr_multiplier(step: int, elapsed: float, config: CtcEncoderConfig, time_limit: float) -> float:
+    """The learning rate over config.lr: linear warm-up over config.warmup steps, then a linear
+    decay that reaches zero at config.steps or, with a time limit, when that runs out, whichever
+    comes first. A time limit that cut a step-planned decay short would stop training at a high
+    learning rate, so the decay follows the clock too."""
+    progress = (step - config.warmup) / max(config.steps - config.warmup, 1)
+    if time_limit:
+        progress = max(progress, elapsed / time_limit)
+    return lr_factor(step, config.steps, config.warmup, 1.0, "const") * min(max(1.0 - progress, 0.0), 1.0)
 
 
 def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig,
@@ -149,9 +165,6 @@ def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig
                                        seed=config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8,
                                   weight_decay=config.weight_decay)
-    # The project's schedule: warm-up, then a linear decay to zero.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.steps, config.warmup, 0.0, "linear"))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
     losses, step, epoch, start = [], 0, 0, time.time()
@@ -168,6 +181,8 @@ def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig
                             time_limit, step, config.steps)
                 stopped_early = True
                 break
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_multiplier(step, time.time() - start, config, time_limit)
             inputs = _batch_inputs(extractor, [audio[i] for i in batch], device)
             target = torch.nn.utils.rnn.pad_sequence([labels[i] for i in batch], batch_first=True,
                                                      padding_value=-100).to(device)
@@ -177,7 +192,6 @@ def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            scheduler.step()
             # Kept on the device: reading each loss back would wait for the GPU every step.
             losses.append(loss.detach())
             step += 1
@@ -244,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new folder for the save_pretrained encoder")
     p.add_argument("--device", default="auto", help="torch device (auto: cuda when there is one)")
     p.add_argument("--time_limit", type=float, default=0.0,
-                   help="stop training after this many seconds and save what there is (0: no limit)")
+                   help="stop training after this many seconds and save what there is; the learning "
+                        "rate then decays to zero by this time (0: no limit, decay by --steps)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_dataclass_flags(p, CtcEncoderConfig, "encoder and training")
     return p

@@ -9,9 +9,13 @@ A cell is `<out>/<lm label>/<arm>/seed<S>`, one ordinary run folder: training wr
 resumes it (train/resume.py), `--op eval` writes its eval-* folder. What is done is read from
 the folders, never from a state file: a cell is trained when its newest weights reached the
 run's planned last step, and evaluated when those weights have an eval summary. A call trains
-and evaluates the cells in order until --budget_s runs out; a run still going then is killed
-(a kill is safe: the next call resumes it from its last checkpoint, `--save_every` in
-train_args sets how much is redone), and the call says how many cells remain. Every call that
+and evaluates the cells in order, seed by seed (every cell of the first seed before any of the
+second, so that a grid cut short is whole for the seeds it reached), --parallel of them at a
+time, until --budget_s runs out; a run still going then is killed (a kill is safe: the next
+call resumes it from its last checkpoint, `--save_every` in train_args sets how much is
+redone), and the call says how many cells remain. A cell that fails is reported and the others
+go on; the call then exits 1. No cell starts while the disk has less than --min_free_gib free:
+runs keep every checkpoint, and a full disk would fail every running cell at once. Every call that
 finds evaluated cells writes a new summary folder (`summary`, `summary-2`, ...: results are
 never replaced) with the table (grid.md), the rows (grid.json) and the figure (grid.png: WER
 against LM size, one line per arm, the mean over seeds with their range, a panel per split).
@@ -22,11 +26,14 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +47,15 @@ from .plan import WEIGHTS_NAME
 ARMS = {
     "projector": ("projector only", ["--no-train_state"]),
     "state": ("projector + state", []),
-    "state-conv": ("projector + state + conv", ["--conv_kernel", "{conv_kernel}"]),
+    "state-conv": ("projector + state + conv", []),   # one cell per --conv_kernels entry
     "lora": ("projector + state + LoRA", ["--llm_train", "lora"]),
     "full": ("projector + state + full LLM", ["--llm_train", "full"]),
     "oracle": ("oracle prefix + state (no speech)", ["--oracle_prefix"]),
 }
 EVAL_SPLITS = ("test-clean", "test-other")
+
+
+CONV_ARM = "state-conv"
 
 
 @dataclass(frozen=True)
@@ -54,9 +64,31 @@ class Cell:
     lm_path: Path
     arm: str
     seed: int
+    conv_kernel: int = 0     # the state-conv arm's kernel (0 for the other arms)
+
+    @property
+    def variant(self) -> str:
+        """The arm as a folder and row name: state-conv-k5 for the conv arm of kernel 5."""
+        return f"{self.arm}-k{self.conv_kernel}" if self.conv_kernel else self.arm
 
     def folder(self, out: Path) -> Path:
-        return out / self.lm_label / self.arm / f"seed{self.seed}"
+        return out / self.lm_label / self.variant / f"seed{self.seed}"
+
+    def flags(self) -> list[str]:
+        conv = ["--conv_kernel", str(self.conv_kernel)] if self.conv_kernel else []
+        return [*ARMS[self.arm][1], *conv]
+
+
+def arm_label(arm: str, conv_kernel: int) -> str:
+    label = ARMS[arm][0]
+    return f"{label} (k={conv_kernel})" if conv_kernel else label
+
+
+def grid_cells(lms: list[tuple[str, Path]], arms: list[str], seeds: list[int],
+               conv_kernels: list[int]) -> list[Cell]:
+    """Every cell, seed by seed: each seed's cells (LM by LM, arm by arm) before the next seed's."""
+    return [Cell(label, path, arm, seed, kernel) for seed in seeds for label, path in lms
+            for arm in arms for kernel in (conv_kernels if arm == CONV_ARM else [0])]
 
 
 def resolve_lm(spec: str) -> tuple[str, Path]:
@@ -105,12 +137,11 @@ def cell_status(folder: Path) -> str:
 
 def commands(cell: Cell, args) -> tuple[list[str], list[str]]:
     corpus = Path(args.corpus)
-    arm_flags = [f.format(conv_kernel=args.conv_kernel) for f in ARMS[cell.arm][1]]
     folder = cell.folder(Path(args.out))
     train = [sys.executable, "-m", "conrwkv", "--task", "asr", "--op", "train",
              "--load_model", str(cell.lm_path), "--encoder", args.encoder,
              "--data_file", str(corpus / "train"), "--val_file", str(corpus / "dev"),
-             "--seed", str(cell.seed), "--proj_dir", str(folder), *arm_flags,
+             "--seed", str(cell.seed), "--proj_dir", str(folder), *cell.flags(),
              *shlex.split(args.train_args)]
     evaluate = [sys.executable, "-m", "conrwkv", "--task", "asr", "--op", "eval",
                 "--eval_data", ",".join(str(corpus / s) for s in EVAL_SPLITS),
@@ -139,9 +170,9 @@ def summarise(cells: list[Cell], out: Path, sizes: dict[str, int]) -> Path | Non
     for cell in cells:
         folder = cell.folder(out)
         if cell_status(folder) == "done":
-            row = run_row(f"{cell.lm_label} {cell.arm} seed{cell.seed}", folder)
+            row = run_row(f"{cell.lm_label} {cell.variant} seed{cell.seed}", folder)
             rows.append({**row, "lm": cell.lm_label, "lm_parameters": sizes[cell.lm_label],
-                         "arm": cell.arm, "seed": cell.seed})
+                         "arm": cell.arm, "conv_kernel": cell.conv_kernel, "seed": cell.seed})
     if not rows:
         return None
     summary = new_folder(out, "summary")
@@ -158,7 +189,8 @@ def format_table(rows: list[dict], cells: int) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         wers = [f"{100 * r['splits'][s]['wer']:.2f}" if s in r["splits"] else "" for s in EVAL_SPLITS]
-        lines.append("| " + " | ".join([r["lm"], f"{r['lm_parameters'] / 1e6:.1f}", ARMS[r["arm"]][0],
+        lines.append("| " + " | ".join([r["lm"], f"{r['lm_parameters'] / 1e6:.1f}",
+                                         arm_label(r["arm"], r.get("conv_kernel", 0)),
                                          str(r["seed"]), str(r["step"]), *wers]) + " |")
     return "\n".join(lines)
 
@@ -171,10 +203,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(EVAL_SPLITS), figsize=(5 * len(EVAL_SPLITS), 4), sharey=True)
     for ax, split in zip(axes, EVAL_SPLITS):
-        for arm in dict.fromkeys(r["arm"] for r in rows):
+        for arm, kernel in dict.fromkeys((r["arm"], r.get("conv_kernel", 0)) for r in rows):
             by_size: dict[int, list[float]] = {}
             for r in rows:
-                if r["arm"] == arm and split in r["splits"]:
+                if (r["arm"], r.get("conv_kernel", 0)) == (arm, kernel) and split in r["splits"]:
                     by_size.setdefault(r["lm_parameters"], []).append(100 * r["splits"][split]["wer"])
             if not by_size:
                 continue
@@ -183,7 +215,7 @@ def plot(rows: list[dict], path: Path) -> None:
             low = [m - min(by_size[s]) for m, s in zip(means, sizes)]
             high = [max(by_size[s]) - m for m, s in zip(means, sizes)]
             ax.errorbar([s / 1e6 for s in sizes], means, yerr=[low, high], marker="o", capsize=3,
-                        label=ARMS[arm][0])
+                        label=arm_label(arm, kernel))
         ax.set_xscale("log")
         ax.set_xlabel("LM parameters (M)")
         ax.set_title(split)
@@ -207,13 +239,19 @@ def parse_args(argv=None):
     p.add_argument("--arms", default="projector,state,state-conv",
                    help=f"comma-separated arms, of: {', '.join(ARMS)}")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    p.add_argument("--conv_kernel", type=int, default=3, help="the conv kernel of the state-conv arm")
+    p.add_argument("--conv_kernels", default="3",
+                   help="comma-separated conv kernels of the state-conv arm: one cell per kernel")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="cells trained at the same time (one process each; they share the GPU)")
     p.add_argument("--out", required=True, help="the grid's folder (one run folder per cell)")
     p.add_argument("--train_args", default="", help="more flags for every training, one string")
     p.add_argument("--eval_args", default="", help="more flags for every evaluation, one string")
     p.add_argument("--budget_s", type=float, default=0,
                    help="stop this call after this many seconds, killing a run in progress (the "
                         "next call resumes it); 0: no limit")
+    p.add_argument("--min_free_gib", type=float, default=10.0,
+                   help="start no cell while the disk of --out has less free space than this (runs "
+                        "never delete their checkpoints; a full disk would fail every cell at once)")
     p.add_argument("--dry_run", action="store_true", help="print each cell's state and commands; run nothing")
     args = p.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
@@ -223,7 +261,44 @@ def parse_args(argv=None):
         args.seed_list = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds {args.seeds!r} is not a comma-separated list of integers")
+    try:
+        args.kernel_list = [int(k) for k in args.conv_kernels.split(",")]
+    except ValueError:
+        p.error(f"--conv_kernels {args.conv_kernels!r} is not a comma-separated list of integers")
+    if any(k < 1 for k in args.kernel_list):
+        p.error(f"--conv_kernels {args.conv_kernels!r}: every kernel must be at least 1")
+    if args.parallel < 1:
+        p.error(f"--parallel {args.parallel}: at least 1")
     return args
+
+
+def free_disk_gib(folder: Path) -> float:
+    """Free space of the disk that holds `folder` (or the nearest folder above it that exists)."""
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free / 2**30
+
+
+def run_cell(cell: Cell, name: str, status: str, args, deadline: float | None, start: float,
+             say) -> str:
+    """Train (unless trained) and evaluate one cell: "done", "stopped" (the budget ran out) or
+    "failed"."""
+    folder = cell.folder(Path(args.out))
+    log_path = folder.parent / f"seed{cell.seed}.log"
+    train, evaluate = commands(cell, args)
+    for step, command in (("train", train), ("eval", evaluate)):
+        if step == "train" and status == "trained":
+            continue
+        say(f"{name}: {step} ... (log: {log_path})")
+        rc = run_until(command, log_path, deadline)
+        if rc is None:
+            say(f"{name}: stopped by --budget_s during {step}; the next call resumes it")
+            return "stopped"
+        if rc != 0:
+            say(f"grid: error: {name}: {step} exited {rc}; see {log_path}", error=True)
+            return "failed"
+    say(f"{name}: done ({time.time() - start:.0f} s into this call)")
+    return "done"
 
 
 def main(argv=None) -> int:
@@ -237,44 +312,42 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         print(f"grid: error: {err}", file=sys.stderr)
         return 2
-    cells = [Cell(label, path, arm, seed) for label, path in lms
-             for arm in args.arms.split(",") for seed in args.seed_list]
-    for i, cell in enumerate(cells, 1):
-        folder = cell.folder(out)
-        status = cell_status(folder)
-        train, evaluate = commands(cell, args)
-        name = f"[{i}/{len(cells)}] {cell.lm_label} {cell.arm} seed{cell.seed}"
-        if args.dry_run:
-            print(f"{name}: {status}")
+    cells = grid_cells(lms, args.arms.split(","), args.seed_list, args.kernel_list)
+    lock = threading.Lock()
+
+    def say(message: str, error: bool = False) -> None:
+        with lock:
+            print(message, file=sys.stderr if error else sys.stdout, flush=True)
+
+    def work(i: int, cell: Cell) -> str:
+        name = f"[{i}/{len(cells)}] {cell.lm_label} {cell.variant} seed{cell.seed}"
+        status = cell_status(cell.folder(out))
+        if status == "done":
+            say(f"{name}: done, kept")
+            return "done"
+        if deadline is not None and time.time() >= deadline:
+            say(f"{name}: not started, --budget_s is used up")
+            return "stopped"
+        free_gib = free_disk_gib(out)
+        if free_gib < args.min_free_gib:
+            say(f"{name}: not started, {free_gib:.1f} GiB free on the disk of {out}, below "
+                f"--min_free_gib {args.min_free_gib:g} (every cell keeps all its checkpoints)")
+            return "stopped"
+        return run_cell(cell, name, status, args, deadline, start, say)
+
+    if args.dry_run:
+        for i, cell in enumerate(cells, 1):
+            status = cell_status(cell.folder(out))
+            train, evaluate = commands(cell, args)
+            print(f"[{i}/{len(cells)}] {cell.lm_label} {cell.variant} seed{cell.seed}: {status}")
             if status in ("new", "training"):
                 print(f"  {shlex.join(train)}")
             if status != "done":
                 print(f"  {shlex.join(evaluate)}")
-            continue
-        if status == "done":
-            print(f"{name}: done, kept", flush=True)
-            continue
-        if deadline is not None and time.time() >= deadline:
-            print(f"{name}: not started, --budget_s is used up", flush=True)
-            break
-        log_path = folder.parent / f"seed{cell.seed}.log"
-        for step, command in (("train", train), ("eval", evaluate)):
-            if step == "train" and status == "trained":
-                continue
-            print(f"{name}: {step} ... (log: {log_path})", flush=True)
-            rc = run_until(command, log_path, deadline)
-            if rc is None:
-                print(f"{name}: stopped by --budget_s during {step}; the next call resumes it", flush=True)
-                break
-            if rc != 0:
-                print(f"grid: error: {name}: {step} exited {rc}; see {log_path}", file=sys.stderr)
-                return 1
-        else:
-            print(f"{name}: done ({time.time() - start:.0f} s into this call)", flush=True)
-            continue
-        break
-    if args.dry_run:
         return 0
+    # Cells start in order as workers free up; each worker runs its cell's processes in turn.
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        outcomes = list(pool.map(work, range(1, len(cells) + 1), cells))
     remaining = sum(cell_status(c.folder(out)) != "done" for c in cells)
     summary = summarise(cells, out, sizes)
     if summary is not None:
@@ -282,6 +355,10 @@ def main(argv=None) -> int:
         print(f"grid: table, rows and figure in {summary}")
     if remaining:
         print(f"grid: {remaining} of {len(cells)} cells not done; run the same command again to go on")
+    failed = outcomes.count("failed")
+    if failed:
+        print(f"grid: error: {failed} cell(s) failed (above); the others were run", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -661,10 +661,15 @@ def measured_hours(plan: list[PlannedUtterance], root: Path) -> dict[str, float]
 
 
 def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int | None = None,
-                      progress: bool = True, tools: str | os.PathLike | None = None) -> Path:
+                      progress: bool = True, tools: str | os.PathLike | None = None,
+                      plan_only: bool = False) -> Path:
     """Write the corpus under `out` (out/<split>/<speaker>/<chapter>/..., meta.json,
     utterances.tsv) and return out; a complete corpus with these parameters is returned as it
-    is. tools: a folder made by synthkit to run the synthesisers from (None: the installed ones)."""
+    is. tools: a folder made by synthkit to run the synthesisers from (None: the installed ones).
+    plan_only: write meta.json (not complete), utterances.tsv and the transcripts but no audio,
+    so that what the corpus will say is known before it is spoken (the LM text that must leave
+    out its test sentences can be made on a machine that will not synthesise it); a later call
+    without it speaks the audio into the same folder."""
     config.validate()
     root = Path(out)
     existing = _prepare_folder(root, config)
@@ -694,6 +699,10 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
     root.mkdir(parents=True, exist_ok=True)
     atomic_json_save(meta, root / "meta.json")
     write_utterance_table(plan, root / "utterances.tsv")
+    if plan_only:
+        _write_transcripts(plan, root)
+        log.info("planned corpus in %s: %d utterances, no audio yet", root, len(plan))
+        return root
     workers = workers or os.cpu_count() or 1
     written = 0
     # Threads suffice: the synthesisers are separate processes, and most of the rest is numpy.
