@@ -58,6 +58,10 @@ class ModelConfig:
     conv_kernel: int = field(default=0, metadata=_help(
         "Con-RWKV causal depthwise convolution kernel on the time-mix input (0: off). It is a "
         "zero-initialised residual branch, so a pretrained model is unchanged at step 0."))
+    token_shift: bool = field(default=True, metadata=_help(
+        "Token shift: the time mix and the channel mix interpolate each token with the one before "
+        "it. --no-token_shift gives them the token itself (an ablation: what the shift adds to "
+        "the conv's view; no key of the .pth records it, the training record does)."))
     state_tuning: bool = field(default=False, metadata=_help(
         "Give every layer a trainable initial WKV state (time_state, zero-initialised)."))
     mix_rank: int = field(default=0, metadata=_help(

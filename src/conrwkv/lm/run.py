@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
+from ..io import read_json
 from ..model import RWKV6
 from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
@@ -33,6 +35,15 @@ def build_model(model_cfg: ModelConfig, model_given: dict, weights: str) -> RWKV
     if not weights:
         return RWKV6(model_cfg)
     return RWKV6.from_checkpoint(weights, dtype=torch.float32, **model_given)
+
+
+def trained_token_shift(weights: Path) -> bool:
+    """Whether the run that wrote `weights` had the token shift: its training record beside the
+    weights says so; an official .pth without one has it."""
+    record = Path(weights).with_suffix(".json")
+    if not record.is_file():
+        return True
+    return bool(read_json(record, "training record").get("model", {}).get("token_shift", True))
 
 
 def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -> dict:
@@ -72,6 +83,8 @@ def eval_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) -
     markov = resolve_lm_data(train_cfg).markov_folder
     if markov is None:
         raise ValueError("--op eval for --task lm needs a datanew.py folder as --data_file")
+    # No key of the .pth says whether the run had a token shift; its training record does.
+    model_given = {**model_given, "token_shift": trained_token_shift(weights)}
     model = build_model(model_cfg, model_given, str(weights))
     summary = evaluate_and_plot(model.to(hardware.device), markov, train_cfg.ctx_len, weights,
                                 batch_size=max(train_cfg.micro_bsz, 32), device=hardware.device)

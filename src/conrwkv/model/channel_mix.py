@@ -41,7 +41,7 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, previous: Tensor | None) -> tuple[Tensor, Tensor]:
         """x [B, T, C] (the ln2 output). Returns (out, last input)."""
-        shifted = token_shift(x, previous)
+        shifted = token_shift(x, previous) if self.config.token_shift else x
         mix_k, mix_r = (getattr(self, name) for name in self._mix_names)
         if self.config.arch == "x060":
             x_k, x_r = x + (shifted - x) * mix_k, x + (shifted - x) * mix_r

@@ -147,7 +147,7 @@ class TimeMix(nn.Module):
         if self.conv is not None:
             conv_out, conv_cache = self.conv(x, None if state is None else state.conv)
             x = x + conv_out
-        shifted = token_shift(x, None if state is None else state.att_shift)
+        shifted = token_shift(x, None if state is None else state.att_shift) if self.config.token_shift else x
         x_k, x_v, x_r, x_g, w = self._mix_inputs(x, shifted)
 
         r = self.receptance(x_r).view(B, T, H, N)
