@@ -30,6 +30,7 @@ N_LAYER=${N_LAYER:-2}
 N_EMBD=${N_EMBD:-64}
 HEAD_SIZE=${HEAD_SIZE:-16}      # WKV head size (official models use 64)
 CONV_KERNEL=${CONV_KERNEL:-2}   # Con-RWKV causal conv kernel (0 = off); the claim under test: >= ORDER+1
+TOKEN_SHIFT=${TOKEN_SHIFT:-1}   # 0: no token shift (time and channel mix see the token itself): the ablation
 
 # ---- training ----
 CTX_LEN=${CTX_LEN:-512}         # tokens per sample (chains are sampled whole, one per sample)
@@ -52,7 +53,12 @@ PRECISION=${PRECISION:-auto}    # auto: bf16-mixed on GPU, 32-true on CPU
 STRATEGY=${STRATEGY:-auto}      # auto | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3
 # One run per folder: a rerun resumes it exactly (raise STEPS to extend it); other settings are
 # refused with the list of differences, so a changed experiment needs another PROJ_DIR.
-PROJ_DIR=${PROJ_DIR:-output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}}
+case $TOKEN_SHIFT in
+  1) token_shift=--token_shift; shift_name= ;;
+  0) token_shift=--no-token_shift; shift_name=-noshift ;;
+  *) echo "demo-training-run: TOKEN_SHIFT must be 0 or 1, got $TOKEN_SHIFT" >&2; exit 2 ;;
+esac
+PROJ_DIR=${PROJ_DIR:-output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}${shift_name}}
 
 case $GRAD_CP in
   0) grad_cp=--no-grad_cp ;;
@@ -75,7 +81,7 @@ python train.py --task lm --op train --data_file "$DATA" --vocab_size 2 --arch "
   --n_layer "$N_LAYER" --n_embd "$N_EMBD" --head_size "$HEAD_SIZE" --conv_kernel "$CONV_KERNEL" \
   --ctx_len "$CTX_LEN" --micro_bsz "$M_BSZ" --accumulate_grad_batches "$GRAD_ACCUM" \
   --max_steps "$STEPS" \
-  --lr_init "$LR_INIT" --lr_final "$LR_FINAL" --warmup_steps "$WARMUP" "$grad_cp" \
+  --lr_init "$LR_INIT" --lr_final "$LR_FINAL" --warmup_steps "$WARMUP" "$grad_cp" "$token_shift" \
   --val_every "$VAL_EVERY" --val_batches "$VAL_BATCHES" --num_nodes "$N_NODE" \
   --devices "$GPU_PER_NODE" --precision "$PRECISION" --strategy "$STRATEGY" \
   ${WANDB:+--wandb "$WANDB"} --proj_dir "$PROJ_DIR" "$@"

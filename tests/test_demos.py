@@ -26,6 +26,7 @@ PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"   # pyth
 DRY_RUNS = {name: (name, {}, []) for name in DEMOS}
 DRY_RUNS["demo-training-run.sh"] = ("demo-training-run.sh", {"MICRO_BSZ": "4", "GRAD_ACCUM": "3",
                                                           "WANDB": "icl"}, ["--max_steps", "7"])
+DRY_RUNS["demo-training-run.sh TOKEN_SHIFT=0"] = ("demo-training-run.sh", {"TOKEN_SHIFT": "0"}, [])
 DRY_RUNS["demo-state-tuning.sh"] = ("demo-state-tuning.sh", {"conv": "1", "n_embed": "64",
                                                           "accumulate_grad_batches": "2"}, [])
 DRY_RUNS["demo-state-tuning.sh OP=merge"] = ("demo-state-tuning.sh", {"OP": "merge", "merge_out": "m.pth"},
@@ -87,6 +88,10 @@ def test_the_icl_demo_passes_its_settings_and_extra_flags(dry_runs):
     assert plan["flags"]["train"]["proj_dir"] == "output/icl-k1-conv2-L2"
     assert "markov-binidx/k1-beta1-len513" in plan["flags"]["train"]["data_file"]
     assert plan["data"]["note"].startswith("not there yet")         # the dry run made no data
+    assert plan["model"]["token_shift"] is True
+    (ablation,) = printed_json(dry_runs["demo-training-run.sh TOKEN_SHIFT=0"][1])
+    assert ablation["model"]["token_shift"] is False          # its own folder: a run is never mixed
+    assert ablation["flags"]["train"]["proj_dir"] == "output/icl-k1-conv2-L2-noshift"
 
 
 def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):

@@ -189,3 +189,17 @@ def test_dry_run_prints_the_shape_read_off_the_checkpoint(tmp_path):
     out = run([sys.executable, "train.py", "--task", "lm", "--load_model", str(path), "--n_embd", "128",
                "--dry_run"])
     assert out.returncode == 2 and "its keys give n_embd = 64, not 128" in out.stderr
+
+
+def test_the_sweep_passes_the_token_shift_ablation_to_every_run(tmp_path):
+    from conrwkv import cli
+    from conrwkv.config import ModelConfig
+    from conrwkv.lm import sweep as icl_sweep
+    from conrwkv.train.flags import take
+
+    for extra, expected in (([], True), (["--no-token-shift"], False)):
+        args = icl_sweep.parse_args(["--out", str(tmp_path), *extra])
+        command = icl_sweep.train_command(args, tmp_path / "k1", tmp_path / "run", kernel=2, depth=1)
+        assert ("--no-token_shift" in command) == (not expected)
+        parsed = cli.build_parser("lm", "train").parse_args(command[3:])
+        assert take(ModelConfig, parsed)[0].token_shift is expected

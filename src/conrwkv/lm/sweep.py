@@ -51,7 +51,8 @@ def train_command(args, data: Path, run_dir: Path, kernel: int, depth: int) -> l
             "--lr_init", str(args.lr_init), "--lr_final", str(args.lr_final),
             "--warmup_steps", "50", "--wkv_backend", args.wkv_backend,
             "--accelerator", args.accelerator, "--devices", "1", "--seed", str(args.seed),
-            "--val_batches", "4", "--proj_dir", str(run_dir)]
+            "--val_batches", "4", "--proj_dir", str(run_dir),
+            *(["--no-token_shift"] if args.no_token_shift else [])]
 
 
 def run_one(args, data: Path, order: int, kernel: int, depth: int) -> dict:
@@ -139,7 +140,7 @@ def plot_heatmap(rows: list[dict], kernels: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4], help="Markov orders k.")
     p.add_argument("--kernels", type=int, nargs="+", default=[0, 2, 3, 4, 5, 6],
@@ -160,6 +161,9 @@ def main(argv=None) -> int:
                    help="WKV kernel for every run (torch: no kernel build in each process).")
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"),
                    help="Where the runs train.")
+    p.add_argument("--no-token-shift", "--no_token_shift", dest="no_token_shift", action="store_true",
+                   help="Train every run without the token shift (the ablation that tests whether the "
+                        "shift is the extra token of view; use another --out).")
     p.add_argument("--parallel", type=int, default=8, help="Runs trained at the same time.")
     p.add_argument("--threads-per-run", type=int, default=0,
                    help="CPU threads of each run (0: the machine's cores / --parallel).")
@@ -171,6 +175,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads_per_run <= 0:
         args.threads_per_run = max(1, (os.cpu_count() or 1) // args.parallel)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     out = Path(args.out)
     data = {}
     for order in args.orders:
