@@ -82,6 +82,22 @@ def test_chunked_matches_sequential_forward_and_backward(B, T, H, N, state, w_ra
         assert rel(x.grad, x64.grad) < 1e-5, name
 
 
+def test_chunks_that_decay_fast_take_the_exact_path_beside_factored_ones():
+    # Slow channels in the first 40 steps, decays near 0 after: the later chunks would overflow
+    # the factored scores (a factor of exp(8 * e^4) ~ e^437) and must be recomputed exactly.
+    inputs = list(make_inputs(2, 80, 2, 16, "per_row"))
+    inputs[1][:, 40:].uniform_(2.0, 4.0)
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    leaves64 = [x.detach().double().requires_grad_(True) for x in inputs]
+    y, s = wkv7_chunked(*leaves)
+    y_ref, s_ref = wkv7_sequential(*leaves64)
+    assert torch.isfinite(y).all() and rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    (y.square().sum() + s.sum()).backward()
+    (y_ref.square().sum() + s_ref.sum()).backward()
+    for name, x, x64 in zip("r w k v a b state".split(), leaves, leaves64):
+        assert torch.isfinite(x.grad).all() and rel(x.grad, x64.grad) < 1e-5, name
+
+
 def test_sequential_gradients_are_exact():
     inputs = make_inputs(1, 3, 1, 4, "per_row", dtype=torch.float64)
     leaves = tuple(x.requires_grad_(True) for x in inputs)

@@ -101,7 +101,7 @@ class ModelConfig:
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be positive (0: derived), got {getattr(self, name)}")
             # The package's RWKV_x070 (and RWKV-LM's trainer) take the time-mix width to be C.
-            if self.dim_att not in (0, self.n_embd):
+            if self.dim_att != self.n_embd:
                 raise ValueError(f"x070 needs dim_att == n_embd ({self.n_embd}), got {self.dim_att}")
         if self.mix_rank == 0:
             self.mix_rank = 64 if self.n_embd >= 4096 else 32

@@ -49,6 +49,9 @@ def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Te
 
 
 DEFAULT_CHUNK = 16
+# Largest exponent taken when intra-chunk decays are factored (as in wkv6_torch): exp(60) ~ 1e26
+# keeps the factored vectors far inside float32 range.
+_EXP_LIMIT = 60.0
 
 
 def _shift(x: Tensor, steps: int, dim: int) -> Tensor:
@@ -58,6 +61,22 @@ def _shift(x: Tensor, steps: int, dim: int) -> Tensor:
     if steps > 0:
         return torch.cat([zeros, x.narrow(dim, 0, L - steps)], dim=dim)
     return torch.cat([x.narrow(dim, -steps, L + steps), zeros], dim=dim)
+
+
+def _exact_scores(r: Tensor, k: Tensor, a: Tensor, b: Tensor, log_decay: Tensor) -> tuple[Tensor, ...]:
+    """The four intra-chunk score matrices with one exponent per (t, s, channel), each summed
+    over its own interval: inclusive = sum over s < m <= t, exclusive = s < m < t. [.., L, L]."""
+    L = r.shape[-2]
+    t = torch.arange(L, device=r.device)
+    lower = (t[:, None] > t[None, :])[:, :, None]                          # s < t (also: m > s)
+    lower_eq = (t[:, None] >= t[None, :])[:, :, None]                      # s <= t
+    inclusive = torch.cumsum(torch.where(lower, log_decay[..., :, None, :], 0.0), dim=-3)
+    exclusive = _shift(inclusive, 1, dim=-3)
+    # Both are sums of log-decays (zero outside their interval), so exp never overflows.
+    decay_excl = torch.where(lower, torch.exp(exclusive), 0.0)
+    decay_incl = torch.where(lower_eq, torch.exp(inclusive), 0.0)
+    pair = lambda x, y, d: torch.einsum("...tj,...sj,...tsj->...ts", x, y, d)  # noqa: E731
+    return pair(a, b, decay_excl), pair(a, k, decay_excl), pair(r, b, decay_incl), pair(r, k, decay_incl)
 
 
 def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -73,11 +92,13 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     state (the two solves, every score) are computed for all chunks at once; the loop over
     chunks does a few small matrix products.
 
-    Numerics: every decay product is the exponential of a sum of log-decays over its own
-    interval, summed directly for each (t, s, channel) pair (never a difference of prefix
-    sums, which loses the small exponents of slow channels next to the large ones of fast
-    channels), so each exponent is <= 0: decays close to 0 underflow to exact zeros, decays
-    close to 1 keep their distance from 1.
+    Numerics, as in wkv6_chunked: the decays between two steps of a chunk are factored around
+    the middle of the chunk, exp(cum_t - ref) * exp(ref - cum_s), so that the scores are
+    matrix products. Where a chunk decays so fast that a factor would pass exp(_EXP_LIMIT)
+    (decays close to 0), that chunk's scores are recomputed exactly with one exponent per
+    (t, s, channel) summed over its own interval. Every other exponent is a sum of log-decays
+    over an interval, hence <= 0; decays close to 1 keep their distance from 1 because the
+    log-decay -exp(w) is formed directly from the raw w.
     """
     B, T, H, N = r.shape
     out_dtype = r.dtype
@@ -101,20 +122,24 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     cum_after = torch.cumsum(_shift(log_decay, -1, dim=3).flip(3), dim=3).flip(3)   # t+1 .. end
     chunk_decay = torch.exp(cum[..., -1, :])[..., None]                   # [B, H, n, N, 1]
 
-    # Pairwise exponents [.., t, s, N]: inclusive = sum over s < m <= t, exclusive = s < m < t.
-    t_idx = torch.arange(L, device=r.device)
-    after_s = (t_idx[:, None] > t_idx[None, :])[:, :, None]                # m > s, as [m, s, 1]
-    inclusive = torch.cumsum(torch.where(after_s, log_decay[..., :, None, :], 0.0), dim=-3)
-    exclusive = _shift(inclusive, 1, dim=-3)
-    lower = after_s                                                        # s < t
-    lower_eq = (t_idx[:, None] >= t_idx[None, :])[:, :, None]             # s <= t
-    # Both are sums of log-decays (zero outside their interval), so exp never overflows.
-    decay_excl = torch.where(lower, torch.exp(exclusive), 0.0)
-    decay_incl = torch.where(lower_eq, torch.exp(inclusive), 0.0)
-    a_b = torch.einsum("...tj,...sj,...tsj->...ts", ac, bc, decay_excl)
-    a_k = torch.einsum("...tj,...sj,...tsj->...ts", ac, kc, decay_excl)
-    r_b = torch.einsum("...tj,...sj,...tsj->...ts", rc, bc, decay_incl)
-    r_k_scores = torch.einsum("...tj,...sj,...tsj->...ts", rc, kc, decay_incl)
+    # Factored scores: s < t through exclusive decays (a side), s <= t through inclusive (r side).
+    ref = cum[:, :, :, L // 2 : L // 2 + 1, :]
+    exps = (cum_before - ref, cum - ref, ref - cum)
+    too_fast = (torch.stack([e.amax(dim=(3, 4)) for e in exps]).amax(0) > _EXP_LIMIT).detach()
+    a_q, r_q, s_side = (torch.exp(e.clamp(max=_EXP_LIMIT)) for e in exps)
+    a_scaled, r_scaled = ac * a_q, rc * r_q
+    b_side, k_side = (bc * s_side).transpose(-1, -2), (kc * s_side).transpose(-1, -2)
+    scores = [a_scaled @ b_side, a_scaled @ k_side, r_scaled @ b_side, r_scaled @ k_side]
+    if too_fast.any():
+        exact = _exact_scores(rc[too_fast], kc[too_fast], ac[too_fast], bc[too_fast], log_decay[too_fast])
+        for i, part in enumerate(exact):
+            full = scores[i].new_zeros(scores[i].shape)
+            full[too_fast] = part
+            scores[i] = torch.where(too_fast[..., None, None], full, scores[i])
+    strictly_lower = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+    lower_eq = torch.ones(L, L, dtype=torch.bool, device=r.device).tril()
+    a_b, a_k = (torch.where(strictly_lower, x, 0.0) for x in scores[:2])
+    r_b, r_k_scores = (torch.where(lower_eq, x, 0.0) for x in scores[2:])
 
     # u = W S_0 + U0, with W and U0 the solutions for the state-free parts.
     system = torch.eye(L, dtype=dt, device=r.device) - a_b
