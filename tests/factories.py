@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
 from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.model import RWKV6, ModelConfig
+
+# The x070 LoRA factors att.w1 .. att.g2, which multiply from the right like x060's *_w1 / *_w2.
+_X070_LORA = re.compile(r"\.att\.[wavg][12]$")
 
 
 def markov_folder(tmp_path_factory, **params) -> Path:
@@ -35,7 +39,7 @@ def randomize_(model: RWKV6, seed: int = 0) -> RWKV6:
         elif ".ln" in name or name.startswith("ln_out"):
             centre = 1.0 if name.endswith("weight") else 0.0
             p.copy_(centre + 0.2 * torch.randn(p.shape, generator=gen))
-        elif name.endswith(("_w1", "_w2")):           # LoRA factors, used as x @ w: fan-in first
+        elif name.endswith(("_w1", "_w2")) or _X070_LORA.search(name):   # used as x @ w: fan-in first
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-2] ** 0.5)
         elif p.dim() == 2 and not name.startswith("emb"):  # Linear weights [out, in]
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)

@@ -19,8 +19,9 @@ from conrwkv.model import RWKV6
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_round_trip_keeps_every_tensor_and_the_logits(tmp_path):
-    path, model = random_checkpoint(tmp_path / "m.pth", conv_kernel=3, state_tuning=True)
+@pytest.mark.parametrize("arch", ["x060", "x070"])
+def test_round_trip_keeps_every_tensor_and_the_logits(tmp_path, arch):
+    path, model = random_checkpoint(tmp_path / "m.pth", arch=arch, conv_kernel=3, state_tuning=True)
     loaded = RWKV6.from_checkpoint(path)
     assert loaded.config == model.config
     for key, value in model.state_dict().items():
@@ -39,6 +40,24 @@ def test_saved_keys_are_the_official_ones(tmp_path):
     assert sd["blocks.0.att.time_state"].shape == (4, 16, 16)
     assert sd["blocks.0.ffn.key.weight"].shape == (224, 64)
     assert "blocks.0.ln0.weight" in sd and "head.weight" in sd and "ln_out.bias" in sd
+
+
+def test_saved_x070_keys_are_the_official_ones(tmp_path):
+    path, _ = random_checkpoint(tmp_path / "m.pth", arch="x070", n_embd=96, head_size=32,
+                                state_tuning=True, conv_kernel=3, v_rank=16)
+    sd = torch.load(path, weights_only=True)
+    block = {k.removeprefix("blocks.1."): tuple(v.shape) for k, v in sd.items() if k.startswith("blocks.1.")}
+    expected = {f"att.x_{s}": (1, 1, 96) for s in "rwkvag"}
+    expected.update({f"att.{s}0": (1, 1, 96) for s in "wav"})
+    expected.update({"att.w1": (96, 32), "att.w2": (32, 96), "att.a1": (96, 32), "att.a2": (32, 96),
+                     "att.v1": (96, 16), "att.v2": (16, 96), "att.g1": (96, 64), "att.g2": (64, 96),
+                     "att.k_k": (1, 1, 96), "att.k_a": (1, 1, 96), "att.r_k": (3, 32),
+                     "att.time_state": (3, 32, 32), "att.conv.weight": (96, 1, 3), "att.conv.bias": (96,),
+                     "att.ln_x.weight": (96,), "att.ln_x.bias": (96,), "ffn.x_k": (1, 1, 96),
+                     "ffn.key.weight": (384, 96), "ffn.value.weight": (96, 384)})
+    expected.update({f"att.{s}.weight": (96, 96) for s in ("receptance", "key", "value", "output")})
+    expected.update({f"{s}.{p}": (96,) for s in ("ln1", "ln2") for p in ("weight", "bias")})
+    assert block == expected
 
 
 def test_deepspeed_prefix_is_stripped(tmp_path):
@@ -83,14 +102,20 @@ def test_conv_kernel_of_another_size_is_refused(tmp_path):
         RWKV6.from_checkpoint(path, conv_kernel=5)
 
 
-def test_rwkv7_and_old_files_are_refused_by_name(tmp_path):
+def test_incomplete_rwkv7_and_old_files_are_refused_by_name(tmp_path):
     path, _ = random_checkpoint(tmp_path / "m.pth")
     sd = torch.load(path, weights_only=True)
     v7 = {k: v for k, v in sd.items() if "time_maa" not in k}
     v7["blocks.0.att.r_k"] = torch.zeros(4, 16)
     torch.save(v7, tmp_path / "v7.pth")
-    with pytest.raises(ValueError, match="RWKV-7"):
+    with pytest.raises(ValueError, match=r"x070 checkpoint needs blocks\.0\.att\.w1"):
         RWKV6.from_checkpoint(tmp_path / "v7.pth")
+    v7_path, _ = random_checkpoint(tmp_path / "v7-full.pth", arch="x070")
+    v7 = torch.load(v7_path, weights_only=True)
+    del v7["blocks.1.att.k_a"]
+    torch.save(v7, tmp_path / "v7-missing.pth")
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: \['blocks\.1\.att\.k_a'\]"):
+        RWKV6.from_checkpoint(tmp_path / "v7-missing.pth")
     old = {k: v for k, v in sd.items() if "time_maa" not in k and "gate" not in k}
     old["blocks.0.att.time_mix_k"] = torch.zeros(1, 1, 64)
     torch.save(old, tmp_path / "v4.pth")

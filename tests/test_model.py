@@ -1,4 +1,5 @@
-"""RWKV6 model: modes agree, options start neutral, initialisation, configuration checks."""
+"""RWKV6 model (x060, x052, x070): modes agree, options start neutral, initialisation,
+configuration checks."""
 
 import pytest
 import torch
@@ -17,6 +18,9 @@ def rel(a, b):
     dict(conv_kernel=4),
     dict(conv_kernel=1, state_tuning=True),
     dict(n_layer=1, conv_kernel=3, state_tuning=True),
+    dict(arch="x070"),
+    dict(arch="x070", n_layer=3, conv_kernel=3, state_tuning=True),
+    dict(arch="x070", n_layer=1, n_embd=48, head_size=16, state_tuning=True),
 ])
 def test_parallel_equals_rnn_equals_two_halves(options):
     model = randomize_(RWKV6(tiny_config(**options))).eval()
@@ -39,9 +43,10 @@ def test_parallel_equals_rnn_equals_two_halves(options):
             torch.testing.assert_close(c.conv, a.conv)
 
 
-def test_conv_at_init_and_zero_time_state_leave_logits_unchanged():
-    base = randomize_(RWKV6(tiny_config()))
-    adapted = RWKV6(tiny_config(conv_kernel=4, state_tuning=True))
+@pytest.mark.parametrize("arch", ["x060", "x070"])
+def test_conv_at_init_and_zero_time_state_leave_logits_unchanged(arch):
+    base = randomize_(RWKV6(tiny_config(arch=arch)))
+    adapted = RWKV6(tiny_config(arch=arch, conv_kernel=4, state_tuning=True))
     missing, unexpected = adapted.load_state_dict(base.state_dict(), strict=False)
     assert unexpected == [] and all(k.endswith(("conv.weight", "conv.bias", "time_state")) for k in missing)
     adapted.blocks[0].att.init_adapters()
@@ -50,8 +55,9 @@ def test_conv_at_init_and_zero_time_state_leave_logits_unchanged():
     torch.testing.assert_close(adapted(idx)[0], base(idx)[0], rtol=0, atol=0)
 
 
-def test_trained_state_and_conv_change_the_output():
-    model = randomize_(RWKV6(tiny_config(conv_kernel=3, state_tuning=True)))
+@pytest.mark.parametrize("arch", ["x060", "x070"])
+def test_trained_state_and_conv_change_the_output(arch):
+    model = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=3, state_tuning=True)))
     idx = torch.randint(0, 97, (1, 10))
     before = model(idx)[0]
     with torch.no_grad():
@@ -63,15 +69,16 @@ def test_trained_state_and_conv_change_the_output():
     assert not torch.allclose(after_state, model(idx)[0])
 
 
-def test_gradients_reach_time_state_and_conv():
-    model = randomize_(RWKV6(tiny_config(conv_kernel=3, state_tuning=True)))
+@pytest.mark.parametrize("arch", ["x060", "x070"])
+def test_gradients_reach_time_state_and_conv(arch):
+    model = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=3, state_tuning=True)))
     model(torch.randint(0, 97, (2, 12)))[0].square().mean().backward()
     for block in model.blocks:
         assert block.att.time_state.grad.abs().sum() > 0
         assert block.att.conv.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("arch", ["x060", "x052"])
+@pytest.mark.parametrize("arch", ["x060", "x052", "x070"])
 def test_init_from_scratch_single_layer_starts_as_the_identity(arch):
     # The official init zeros att.output and ffn.value, so every block adds nothing at first.
     config = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, head_size=16, arch=arch)
@@ -93,10 +100,37 @@ def test_init_follows_the_official_formulas():
     torch.testing.assert_close(att.ln_x.weight, torch.full((64,), 1.0))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_x070_init_follows_rwkv_lm():
+    model = RWKV6(ModelConfig(vocab_size=50, n_layer=3, n_embd=64, head_size=16, arch="x070"))
+    att, ffn = model.blocks[2].att, model.blocks[2].ffn       # last layer: r0 = 1, r1 = 1/3
+    n = torch.arange(64.0)
+    linear = n / 63 - 0.5
+    zigzag = ((n % 16) - 7.5) / 7.5
+    zigzag = zigzag * zigzag.abs()
+    torch.testing.assert_close(att.w0.flatten(), -6 + 6 * (n / 63) ** 2 + 0.5 + 2.5 * zigzag)
+    torch.testing.assert_close(att.a0.flatten(), -0.19 + 0.3 * zigzag + 0.4 * linear)
+    torch.testing.assert_close(att.x_r.flatten(), 1 - (n / 64) ** (0.2 / 3))
+    torch.testing.assert_close(ffn.x_k.flatten(), 1 - (n / 64) ** (1 / 81))
+    for name in ("w", "a", "v", "g"):
+        assert torch.all(getattr(att, f"{name}1") == 0)
+        lora_out = getattr(att, f"{name}2")
+        torch.testing.assert_close(lora_out @ lora_out.T, 0.01 * torch.eye(lora_out.shape[0]))
+    assert torch.all(att.output.weight == 0) and torch.all(ffn.value.weight == 0)
+    assert torch.all(att.r_k == -0.04) and torch.all(att.k_a == 1.02)
+    assert (model.config.w_rank, model.config.a_rank, model.config.v_rank, model.config.g_rank) == (32,) * 4
+
+
+def test_x070_config_derives_the_official_ranks():
+    c = ModelConfig(n_embd=2048, arch="x070")
+    assert (c.w_rank, c.a_rank, c.v_rank, c.g_rank, c.dim_ffn) == (128, 128, 64, 224, 8192)
+    assert ModelConfig(n_embd=2048).w_rank == 0
+
+
+@pytest.mark.parametrize("arch", ["x060", "x070"])
+def test_gradient_checkpointing_gives_the_same_gradients(arch):
     torch.manual_seed(1)
-    a = randomize_(RWKV6(tiny_config(conv_kernel=2)))
-    b = randomize_(RWKV6(tiny_config(conv_kernel=2, grad_cp=True)))
+    a = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=2)))
+    b = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=2, grad_cp=True)))
     idx = torch.randint(0, 97, (2, 20))
     for m in (a, b):
         m.train()
@@ -121,7 +155,8 @@ def test_bad_inputs_are_refused():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(n_embd=64, dim_att=48, head_size=32), "multiple of head_size"),
-    (dict(arch="x070"), "arch must be"),
+    (dict(arch="x090"), "arch must be"),
+    (dict(arch="x070", n_embd=64, dim_att=128, head_size=16), "dim_att == n_embd"),
     (dict(conv_kernel=-1), "conv_kernel"),
 ])
 def test_config_checks(kwargs, message):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 # The option sets, each defined once here; the flags' choices and the code's checks use them.
-ARCHITECTURES = ("x060", "x052")
+ARCHITECTURES = ("x060", "x052", "x070")
 WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
 LR_SCHEDULES = ("exp", "cos", "linear", "const")
 PROJECTORS = ("linear", "conv")
@@ -35,11 +35,14 @@ def resume_may_change(cls) -> set[str]:
 
 @dataclass
 class ModelConfig:
-    """Shape and options of an RWKV-6 (or RWKV-5.2) language model.
+    """Shape and options of an RWKV-7, RWKV-6 or RWKV-5.2 language model.
 
     Zeros mean "derive the usual value": dim_att = n_embd, dim_ffn = 3.5 * n_embd rounded down to
-    a multiple of 32, and the low-rank sizes of the official x060 models (32 and 64, doubled
-    from n_embd 4096 up). __post_init__ fills them in, so a printed config shows real numbers.
+    a multiple of 32 (4 * n_embd for x070), the low-rank sizes of the official x060 models (32
+    and 64, doubled from n_embd 4096 up), and for x070 the four LoRA ranks that RWKV-LM's RWKV-v7
+    trainer suggests, a multiple of 32 near f * sqrt(n_embd) (f = 2.5, 2.5, 1.7, 5 for w, a, v,
+    g; at least 32). __post_init__ fills them in, so a printed config shows real numbers; the
+    x070 ranks stay 0 for the other architectures, which have no such LoRAs.
     """
 
     vocab_size: int = field(default=65536, metadata=_help(
@@ -53,7 +56,8 @@ class ModelConfig:
     head_size: int = field(default=64, metadata=_help(
         "Size N of one WKV head; dim_att / head_size heads (64 in every official model)."))
     arch: str = field(default="x060", metadata=_help(
-        "Block architecture: x060 (RWKV-6 Finch) or x052 (RWKV-5.2 Eagle, e.g. RWKV-5 World 0.4B).",
+        "Block architecture: x060 (RWKV-6 Finch), x052 (RWKV-5.2 Eagle, e.g. RWKV-5 World 0.4B) or "
+        "x070 (RWKV-7 Goose).",
         choices=ARCHITECTURES))
     conv_kernel: int = field(default=0, metadata=_help(
         "Con-RWKV causal depthwise convolution kernel on the time-mix input (0: off). It is a "
@@ -68,8 +72,17 @@ class ModelConfig:
         "Rank of the x060 data-dependent token-shift LoRA per target (0: 32, or 64 from n_embd 4096)."))
     decay_rank: int = field(default=0, metadata=_help(
         "Rank of the x060 data-dependent decay LoRA (0: 64, or 128 from n_embd 4096)."))
+    w_rank: int = field(default=0, metadata=_help(
+        "x070: rank of the decay LoRA att.w1 / att.w2 (0: derived from n_embd)."))
+    a_rank: int = field(default=0, metadata=_help(
+        "x070: rank of the in-context learning rate LoRA att.a1 / att.a2 (0: derived from n_embd)."))
+    v_rank: int = field(default=0, metadata=_help(
+        "x070: rank of the value-residual LoRA att.v1 / att.v2 (0: derived from n_embd)."))
+    g_rank: int = field(default=0, metadata=_help(
+        "x070: rank of the gate LoRA att.g1 / att.g2 (0: derived from n_embd)."))
     wkv_backend: str = field(default="auto", metadata=_may_change(
-        "WKV6 kernel: auto (cuda on GPU tensors, torch otherwise), torch, cuda or fla.",
+        "WKV kernel: auto (cuda on GPU tensors, torch otherwise), torch, cuda or fla. x070 (WKV7) "
+        "has auto and torch only for now.",
         choices=WKV_BACKENDS))
     grad_cp: bool = field(default=False, metadata=_may_change(
         "Gradient checkpointing: recompute each block in the backward pass to save memory."))
@@ -80,7 +93,16 @@ class ModelConfig:
         if self.dim_att == 0:
             self.dim_att = self.n_embd
         if self.dim_ffn == 0:
-            self.dim_ffn = int(self.n_embd * 3.5) // 32 * 32
+            self.dim_ffn = 4 * self.n_embd if self.arch == "x070" else int(self.n_embd * 3.5) // 32 * 32
+        if self.arch == "x070":
+            for name, factor in (("w_rank", 2.5), ("a_rank", 2.5), ("v_rank", 1.7), ("g_rank", 5.0)):
+                if getattr(self, name) == 0:
+                    setattr(self, name, max(32, round(factor * self.n_embd**0.5 / 32) * 32))
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be positive (0: derived), got {getattr(self, name)}")
+            # The package's RWKV_x070 (and RWKV-LM's trainer) take the time-mix width to be C.
+            if self.dim_att != self.n_embd:
+                raise ValueError(f"x070 needs dim_att == n_embd ({self.n_embd}), got {self.dim_att}")
         if self.mix_rank == 0:
             self.mix_rank = 64 if self.n_embd >= 4096 else 32
         if self.decay_rank == 0:

@@ -1,4 +1,4 @@
-"""The RWKV-6 / Con-RWKV language model and its recurrent state."""
+"""The RWKV-7 / RWKV-6 / RWKV-5.2 (Con-RWKV) language model and its recurrent state."""
 
 from ..config import ModelConfig
 from .graph_step import RNNStepper, initial_state

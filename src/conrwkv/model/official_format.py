@@ -21,14 +21,13 @@ def strip_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def detect_architecture(sd: dict[str, Tensor], source: str) -> str:
-    """'x060' or 'x052'; anything else is refused with a message saying what it looks like."""
+    """'x070', 'x060' or 'x052'; anything else is refused with a message saying what it looks like."""
     if "emb.weight" not in sd or "blocks.0.att.key.weight" not in sd:
         raise ValueError(f"{source}: not an RWKV language-model checkpoint "
                          "(no emb.weight / blocks.0.att.key.weight)")
     att = "blocks.0.att."
     if any(att + name in sd for name in ("r_k", "x_r", "w0", "a0")):
-        raise ValueError(f"{source}: this is an RWKV-7 (x070) checkpoint; this project runs "
-                         "RWKV-6 (x060) and RWKV-5.2 (x052) models only")
+        return "x070"
     if att + "time_maa_x" in sd:
         return "x060"
     decay = sd.get(att + "time_decay")
@@ -36,7 +35,14 @@ def detect_architecture(sd: dict[str, Tensor], source: str) -> str:
             and decay is not None and decay.dim() == 2 and decay.shape[1] > 1):
         return "x052"
     raise ValueError(f"{source}: this RWKV checkpoint is older than RWKV-5.2 (RWKV-4, 5.0 or 5.1: "
-                     "no per-head decay / gate / ln_x); only x060 and x052 are supported")
+                     "no per-head decay / gate / ln_x); only x070, x060 and x052 are supported")
+
+
+def _key(sd: dict[str, Tensor], key: str, arch: str, source: str) -> Tensor:
+    """sd[key], or an error naming the key that a file of this architecture must have."""
+    if key not in sd:
+        raise ValueError(f"{source}: an {arch} checkpoint needs {key}, which this file lacks")
+    return sd[key]
 
 
 def infer_config(sd: dict[str, Tensor], source: str) -> ModelConfig:
@@ -44,14 +50,19 @@ def infer_config(sd: dict[str, Tensor], source: str) -> ModelConfig:
     arch = detect_architecture(sd, source)
     vocab, C = sd["emb.weight"].shape
     A = sd["blocks.0.att.key.weight"].shape[0]
-    F = sd["blocks.0.ffn.key.weight"].shape[0]
-    H, N = sd["blocks.0.att.time_faaaa"].shape
+    F = _key(sd, "blocks.0.ffn.key.weight", arch, source).shape[0]
+    heads = "blocks.0.att.r_k" if arch == "x070" else "blocks.0.att.time_faaaa"
+    H, N = _key(sd, heads, arch, source).shape
     n_layer = 1 + max(int(m.group(1)) for k in sd if (m := _BLOCK.match(k)))
     conv = sd.get("blocks.0.att.conv.weight")
     extra = {}
     if arch == "x060":
         extra["mix_rank"] = sd["blocks.0.att.time_maa_w1"].shape[1] // 5
         extra["decay_rank"] = sd["blocks.0.att.time_decay_w1"].shape[1]
+    if arch == "x070":
+        # Block 0's v1 is unused but present in official files; its rank is every block's.
+        for name in ("w", "a", "v", "g"):
+            extra[f"{name}_rank"] = _key(sd, f"blocks.0.att.{name}1", arch, source).shape[1]
     return ModelConfig(vocab_size=vocab, n_layer=n_layer, n_embd=C, dim_att=A, dim_ffn=F,
                        head_size=N, arch=arch,
                        conv_kernel=0 if conv is None else conv.shape[-1],

@@ -1,5 +1,6 @@
 """The RWKV-6 language model (Peng et al. 2024, "Eagle and Finch"), with Con-RWKV's optional
 causal convolution and a trainable initial state, loading and saving official `.pth` files.
+The same class runs RWKV-5.2 (x052) and RWKV-7 (x070) blocks, chosen by `ModelConfig.arch`.
 
     model = RWKV6.from_checkpoint("RWKV-x060-World-1B6.pth")   # shape inferred from the keys
     logits, state = model(idx)                                 # idx [B, T] -> logits [B, T, V]
@@ -23,9 +24,11 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from ..io import atomic_torch_save, safe_torch_load
 from .channel_mix import ChannelMix
+from .channel_mix7 import ChannelMix7
 from .official_format import infer_config, load_matching, strip_prefix
 from .state import LayerState, RWKVState
 from .time_mix import TimeMix
+from .time_mix7 import TimeMix7
 
 
 class Block(nn.Module):
@@ -35,16 +38,23 @@ class Block(nn.Module):
         self.ln0 = nn.LayerNorm(C) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(C)
         self.ln2 = nn.LayerNorm(C)
-        self.att = TimeMix(config, layer_id)
-        self.ffn = ChannelMix(config, layer_id)
+        self.rwkv7 = config.arch == "x070"
+        self.att = (TimeMix7 if self.rwkv7 else TimeMix)(config, layer_id)
+        self.ffn = (ChannelMix7 if self.rwkv7 else ChannelMix)(config, layer_id)
 
-    def forward(self, x: Tensor, state: LayerState | None) -> tuple[Tensor, LayerState]:
+    def forward(self, x: Tensor, state: LayerState | None, v_first: Tensor | None = None
+                ) -> tuple[Tensor, LayerState, Tensor | None]:
+        """Returns (x, new state, v_first): x070's value residual, block 0's value, passed on
+        to every later block (None for x060 and x052)."""
         if self.ln0 is not None:
             x = self.ln0(x)
-        att_out, att_shift, wkv, conv = self.att(self.ln1(x), state)
+        if self.rwkv7:
+            att_out, att_shift, wkv, conv, v_first = self.att(self.ln1(x), state, v_first)
+        else:
+            att_out, att_shift, wkv, conv = self.att(self.ln1(x), state)
         x = x + att_out
         ffn_out, ffn_shift = self.ffn(self.ln2(x), None if state is None else state.ffn_shift)
-        return x + ffn_out, LayerState(att_shift, wkv, ffn_shift, conv)
+        return x + ffn_out, LayerState(att_shift, wkv, ffn_shift, conv), v_first
 
 
 class RWKV6(nn.Module):
@@ -88,12 +98,13 @@ class RWKV6(nn.Module):
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state has {len(state)} layers, the model {len(self.blocks)}")
         new_state = RWKVState()
+        v_first = None
         for i, block in enumerate(self.blocks):
             layer_state = None if state is None else state[i]
             if self.config.grad_cp and self.training and torch.is_grad_enabled():
-                x, layer_state = checkpoint(block, x, layer_state, use_reentrant=False)
+                x, layer_state, v_first = checkpoint(block, x, layer_state, v_first, use_reentrant=False)
             else:
-                x, layer_state = block(x, layer_state)
+                x, layer_state, v_first = block(x, layer_state, v_first)
             new_state.append(layer_state)
         return self.ln_out(x), new_state
 
@@ -117,7 +128,7 @@ class RWKV6(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu", **overrides) -> RWKV6:
-        """Load an official RWKV-6 (or RWKV-5.2) `.pth`; its shape is read off the keys.
+        """Load an official RWKV-7, RWKV-6 or RWKV-5.2 `.pth`; its shape is read off the keys.
 
         `overrides` are ModelConfig fields. Options (conv_kernel, state_tuning, wkv_backend,
         grad_cp) switch things on; shape fields (n_layer, n_embd, ...) are expectations, and a
@@ -143,7 +154,8 @@ class RWKV6(nn.Module):
         sd = strip_prefix(safe_torch_load(path, mmap=True, finite=False))
         config = _config_of(sd, str(path), overrides)
         inferred = infer_config(sd, str(path))
-        for name in ("vocab_size", "n_embd", "dim_att", "dim_ffn", "head_size", "mix_rank", "decay_rank"):
+        for name in ("vocab_size", "n_embd", "dim_att", "dim_ffn", "head_size", "mix_rank", "decay_rank",
+                     "w_rank", "a_rank", "v_rank", "g_rank"):
             if name in overrides and overrides[name] != getattr(inferred, name):
                 raise ValueError(f"{path}: its keys give {name} = {getattr(inferred, name)}, not "
                                  f"{overrides[name]}")
