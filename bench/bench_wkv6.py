@@ -1,6 +1,7 @@
 """WKV6 benchmark: the torch backends on the CPU, and the project's CUDA kernels on a GPU.
 
     python bench/bench_wkv6.py --cpu            # B=1 H=4 N=64, T = 512 and 2048
+    python bench/bench_wkv6.py --decays         # chunked fwd+bwd at slow / mixed / fast decays
     python bench/bench_wkv6.py --gpu            # S1 = B8 T4096 H32 N64, S2 = B4 T1024 H40 N64
 
 --cpu: sequential reference vs chunked, median of repeats by wall clock. --gpu: our CUDA kernels
@@ -26,10 +27,11 @@ import torch
 from conrwkv.ops import wkv6_chunked, wkv6_sequential
 
 
-def cpu_inputs(B, T, H, N, requires_grad):
+def cpu_inputs(B, T, H, N, requires_grad, w_range=(-8.0, 1.0)):
     g = torch.Generator().manual_seed(0)
     r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
-    w = torch.rand(B, T, H, N, generator=g) * 9 - 8                # raw decay in [-8, 1]
+    low, high = w_range                                            # raw decay: exp(-exp(w))
+    w = torch.rand(B, T, H, N, generator=g) * (high - low) + low
     u = torch.randn(H, N, generator=g)
     s = torch.randn(B, H, N, N, generator=g)
     return [x.requires_grad_(requires_grad) for x in (r, k, v, w, u, s)]
@@ -59,6 +61,23 @@ def bench_cpu(repeats: int):
             chunked = time_cpu(wkv6_chunked, args, backward, repeats)
             rows.append(dict(T=T, pass_="fwd+bwd" if backward else "fwd", sequential_ms=seq,
                              chunked_ms=chunked, speedup=seq / chunked))
+    return rows
+
+
+# The decay ranges of the --decays table: raw w, decay exp(-exp(w)) per step.
+DECAY_RANGES = {"slow [-8, -4]": (-8.0, -4.0), "mixed [-8, 1]": (-8.0, 1.0), "fast [0, 3]": (0.0, 3.0)}
+DECAY_SHAPES = {"B16 T512 H4 N16": (16, 512, 4, 16), "B1 T2048 H4 N64": (1, 2048, 4, 64)}
+
+
+def bench_cpu_decays(repeats: int):
+    """The chunked backend's forward + backward at each decay range: its cost should not
+    depend on the values."""
+    rows = []
+    for shape_name, shape in DECAY_SHAPES.items():
+        for range_name, w_range in DECAY_RANGES.items():
+            args = cpu_inputs(*shape, True, w_range)
+            rows.append(dict(shape=shape_name, decays=range_name,
+                             chunked_ms=time_cpu(wkv6_chunked, args, True, repeats)))
     return rows
 
 
@@ -236,13 +255,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run the CPU comparison (B=1 H=4 N=64)")
+    parser.add_argument("--decays", action="store_true",
+                        help="time the CPU chunked backend's forward + backward at slow, mixed and fast "
+                             "decays (B16 T512 H4 N16 and B1 T2048 H4 N64)")
     parser.add_argument("--gpu", action="store_true",
                         help="run the GPU comparison at S1 and S2 (our CUDA kernels, fla, torch chunked)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per CPU case (median reported)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    if not (args.cpu or args.gpu):
-        parser.error("choose what to run: --cpu and/or --gpu")
+    if not (args.cpu or args.decays or args.gpu):
+        parser.error("choose what to run: --cpu, --decays and/or --gpu")
     results = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.cpu:
@@ -254,6 +276,14 @@ def main():
         for row in results["cpu"]:
             print(f"| {row['T']} | {row['pass_']} | {row['sequential_ms']:.1f} | {row['chunked_ms']:.1f} "
                   f"| {row['speedup']:.1f}x |")
+    if args.decays:
+        results["decays"] = bench_cpu_decays(args.repeats)
+        print(f"\nChunked forward + backward by decay range ({results['threads']} threads, median of "
+              f"{args.repeats})")
+        print("| shape | raw decays w | chunked fwd+bwd (ms) |")
+        print("|---|---|---|")
+        for row in results["decays"]:
+            print(f"| {row['shape']} | {row['decays']} | {row['chunked_ms']:.1f} |")
     if args.gpu:
         if not torch.cuda.is_available():
             parser.error("--gpu needs a CUDA device")

@@ -120,3 +120,46 @@ def test_auto_is_torch_on_cpu_and_says_so_once(caplog, monkeypatch):
     assert dispatch.resolve_backend("auto", r.device) == "torch"
     assert [rec.getMessage() for rec in caplog.records].count(
         "wkv6: backend 'torch' (chunked) for cpu tensors") == 1
+
+
+# Raw decays w for decay = exp(-exp(w)) from 1 - 1e-4 (w = log(1e-4)) down to 1e-9 (w = log(-log(1e-9))).
+W_SLOWEST, W_FASTEST = -9.2103, 3.0312
+
+
+@pytest.mark.parametrize("w_range", [(W_SLOWEST, W_FASTEST), (W_SLOWEST, W_SLOWEST + 0.01),
+                                     (W_FASTEST - 0.01, W_FASTEST)])
+def test_exact_from_the_slowest_to_the_fastest_decays(w_range):
+    inputs = make_inputs(2, 77, 2, 16, "per_row", w_range=w_range)
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    leaves64 = [x.detach().double().requires_grad_(True) for x in inputs]
+    y, s = wkv6_chunked(*leaves)
+    y_ref, s_ref = wkv6_sequential(*leaves64)
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    dy, ds = torch.randn_like(y), torch.randn_like(s)
+    torch.autograd.backward([y, s], [dy, ds])
+    torch.autograd.backward([y_ref, s_ref], [dy.double(), ds.double()])
+    for name, a, b in zip("r k v w u state".split(), leaves, leaves64):
+        assert rel(a.grad, b.grad) < 1e-5, name
+
+
+def test_a_decay_of_zero_gives_finite_outputs_and_gradients():
+    inputs = make_inputs(1, 40, 1, 16, "per_row")
+    inputs[3][:, 5:20] = 60.0                 # exp(-exp(60)): the decay is exactly 0
+    inputs[3][:, 25] = float("inf")
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    y, s = wkv6_chunked(*leaves)
+    (y.sum() + s.sum()).backward()
+    assert torch.isfinite(y).all() and torch.isfinite(s).all()
+    for name, leaf in zip("r k v w u state".split(), leaves):
+        assert torch.isfinite(leaf.grad).all(), name
+    y_ref, s_ref = wkv6_sequential(*(x.double() for x in inputs))
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+
+
+def test_one_graph_whatever_the_decays():
+    # fullgraph=True fails on any branch that depends on tensor values (a graph break)
+    compiled = torch.compile(wkv6_chunked, backend="eager", fullgraph=True, dynamic=False)
+    for w_range in ((-8.0, -4.0), (0.0, 3.0)):
+        inputs = make_inputs(1, 64, 1, 16, "none", w_range=w_range)
+        y, s = compiled(*inputs)
+        assert rel(y, wkv6_sequential(*(x.double() if x is not None else None for x in inputs))[0]) < 1e-5

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 DEFAULT_CHUNK = 32
-# Largest exponent taken when intra-chunk decays are factored: exp(60) ~ 1e26 keeps r and k
-# times the factor far inside float32 range.
-_EXP_LIMIT = 60.0
+DIAGONAL_BLOCK = 4              # _diagonal_scores writes out the pairs of a block of 4 steps
+_EXP_FLOOR = -60.0
+# Raw decays above this are taken as this: exp(-exp(7)) = exp(-1097) is 0 in float64 too.
+_W_MAX = 7.0
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -62,32 +63,82 @@ def _shift(x: Tensor, steps: int) -> Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, -steps))[..., -steps:, :]
 
 
-def _pairwise_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
-    """Exact intra-chunk scores with one exponent per (t, s, key channel): [.., L, L].
+def _exp(x: Tensor) -> Tensor:
+    """exp of an exponent <= 0, with those below _EXP_FLOOR taken as it: exp(-60) ~ 1e-26 is
+    nothing next to any term it is added to, and it keeps the products out of the subnormal
+    range, where CPU arithmetic is many times slower (fast decays would then cost more)."""
+    return torch.exp(x.clamp(min=_EXP_FLOOR))
 
-    The exponent sum_{s<m<t} log_decay_m is summed over its own interval (a cumulative sum
-    down t of the masked log-decays) rather than taken as a difference of prefix sums, whose
-    rounding grows with the whole chunk's decay."""
-    L = r.shape[-2]
-    t = torch.arange(L, device=r.device)
-    beyond_next = (t[:, None] > t[None, :] + 1)[:, :, None]                  # t > s + 1
-    previous = _shift(log_decay, 1)[..., :, None, :]                          # log_decay_{t-1}
-    exponent = torch.cumsum(torch.where(beyond_next, previous, 0.0), dim=-3)  # [.., t, s, N]
-    strictly_lower = (t[:, None] > t[None, :])[:, :, None]
-    exponent = torch.where(strictly_lower, exponent, float("-inf"))
-    return torch.einsum("...tj,...sj,...tsj->...ts", r, k, torch.exp(exponent))
+
+def _diagonal_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
+    """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t within each block of 4 steps (0
+    elsewhere): [.., 4, 4].
+
+    A block of 4 has six such pairs, and each is written out with exactly the decays between
+    its two steps: none for neighbours, decay_1, decay_2 or both for the others. No exponent
+    is positive and no factor has to cancel another, so values and gradients are exact for any
+    decay (a factored form exp(P_{t-1} - P_ref) exp(P_ref - P_s) would leave rounding noise
+    of the size of the uncancelled factors in the gradient of w, far above the true gradient
+    when decays are fast)."""
+    if r.shape[-2] != 4:
+        raise ValueError(f"_diagonal_scores takes blocks of 4 steps, got {r.shape[-2]}")
+    r0, r1, r2, r3 = r.unbind(-2)
+    k0, k1, k2, k3 = k.unbind(-2)
+    decay = _exp(log_decay)
+    d1, d2 = decay[..., 1, :], decay[..., 2, :]
+    zero = torch.zeros_like(r0[..., 0])
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).sum(-1)
+
+    k0d1 = k0 * d1
+    rows = [[zero, zero, zero, zero],
+            [dot(r1, k0), zero, zero, zero],
+            [dot(r2, k0d1), dot(r2, k1), zero, zero],
+            [dot(r3, k0d1 * d2), dot(r3, k1 * d2), dot(r3, k2), zero]]
+    return torch.stack([torch.stack(row, -1) for row in rows], -2)
+
+
+def _intra_chunk_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
+    """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t inside each chunk (0 elsewhere),
+    at the same cost whatever the decays, and with no exponent above 0.
+
+    By halving: a block of 2h steps is its two halves on the diagonal (the same problem,
+    recursively, down to blocks of 4, written out by _diagonal_scores) and one off-diagonal
+    block, the second half's rows against the first half's columns. There the product splits
+    at the boundary between the halves into a row factor (the decays from the second half's
+    start to t-1) and a column factor (from s+1 to the first half's end), each a sum of
+    log-decays over its own interval, hence <= 0: one matrix product, no overflow however fast
+    the decays, and no factor that has to cancel another (so the gradients are as exact as the
+    values). The matrix products add up to half of one chunk-sized product. No branch depends
+    on the values, so the work is the same for every input and torch.compile sees one graph."""
+    *lead, L, N = r.shape
+    if L % DIAGONAL_BLOCK or (L // DIAGONAL_BLOCK) & (L // DIAGONAL_BLOCK - 1):
+        raise ValueError(f"the WKV6 chunk must be {DIAGONAL_BLOCK} times a power of 2, got {L}")
+    blocks = _diagonal_scores(*(x.unflatten(-2, (-1, DIAGONAL_BLOCK)) for x in (r, k, log_decay)))
+    h = DIAGONAL_BLOCK
+    while h < L:
+        # pairs of neighbouring blocks of h steps: [.., L / 2h, 2, h, N]
+        r2, k2, d2 = (x.unflatten(-2, (-1, 2, h)) for x in (r, k, log_decay))
+        to_t = torch.cumsum(_shift(d2[..., 1, :, :], 1), dim=-2)          # second half's start .. t-1
+        from_s = torch.cumsum(_shift(d2[..., 0, :, :], -1).flip(-2), dim=-2).flip(-2)   # s+1 .. its end
+        rows, cols = r2[..., 1, :, :] * _exp(to_t), k2[..., 0, :, :] * _exp(from_s)
+        cross = rows @ cols.transpose(-1, -2)                                 # [.., L / 2h, h, h]
+        first, second = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
+        blocks = torch.cat([torch.cat([first, torch.zeros_like(cross)], -1),
+                            torch.cat([cross, second], -1)], -2)              # [.., L / 2h, 2h, 2h]
+        h *= 2
+    return blocks.squeeze(-3)
 
 
 def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
                  state: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel WKV6: matrix products inside chunks, the state passed between them.
 
-    Decays are handled in log space. The intra-chunk scores prod_{s<m<t} decay_m are factored
-    around a reference point in the middle of the chunk, exp(cum_t - ref) * exp(ref - cum_s),
-    so that they become one matrix product. Each factor is bounded by the chunk's total
-    log-decay; where a chunk decays so fast that a factor would pass exp(_EXP_LIMIT), that
-    chunk's scores are recomputed exactly with one exponent per (t, s, channel). All other
-    exponents taken are sums of log-decays over an interval, hence <= 0, and cannot overflow.
+    Decays are handled in log space, and every exponent taken is a sum of log-decays over an
+    interval, hence <= 0: nothing overflows, whatever the decays. The intra-chunk scores use
+    blocks halved down to 4 steps (_intra_chunk_scores), so their cost does not depend on the
+    values either. `chunk` must be 4 times a power of 2.
     """
     B, T, H, N = r.shape
     out_dtype = r.dtype
@@ -105,40 +156,30 @@ def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
 
     rc, kc, vc = to_chunks(r), to_chunks(k), to_chunks(v)
     # Padded steps get log-decay 0 (no decay) and k = v = 0, so they leave the state untouched.
-    log_decay = to_chunks(-torch.exp(w.to(dt)))
+    # w is capped where the decay is 0 to the last digit anyway (exp(-exp(_W_MAX)) underflows
+    # even in float64): an infinite log-decay would make a 0 * inf gradient.
+    log_decay = to_chunks(-torch.exp(w.to(dt).clamp(max=_W_MAX)))
     # Interval sums of log-decays, each summed directly (differences of long prefix sums
     # would lose precision in chunks that decay fast).
-    cum = torch.cumsum(log_decay, dim=3)                        # chunk start .. t
     cum_before = torch.cumsum(_shift(log_decay, 1), dim=3)      # chunk start .. t-1
     cum_after = torch.cumsum(_shift(log_decay, -1).flip(3), dim=3).flip(3)   # t+1 .. chunk end
-    cum_last = cum[:, :, :, -1:, :]                             # the whole chunk
+    cum_last = log_decay.sum(dim=3, keepdim=True)                # the whole chunk
 
     # Intra-chunk scores for s < t: sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j].
-    ref = cum[:, :, :, L // 2 : L // 2 + 1, :]
-    q_exp, k_exp = cum_before - ref, ref - cum
-    too_fast = (torch.maximum(q_exp.amax(dim=(3, 4)), k_exp.amax(dim=(3, 4))) > _EXP_LIMIT).detach()
-    q_scaled = rc * torch.exp(q_exp.clamp(max=_EXP_LIMIT))
-    k_scaled = kc * torch.exp(k_exp.clamp(max=_EXP_LIMIT))
-    scores = q_scaled @ k_scaled.transpose(-1, -2)
-    if too_fast.any():
-        exact = scores.new_zeros(scores.shape)
-        exact[too_fast] = _pairwise_scores(rc[too_fast], kc[too_fast], log_decay[too_fast])
-        scores = torch.where(too_fast[..., None, None], exact, scores)
-    strictly_lower = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
-    scores = torch.where(strictly_lower, scores, 0.0)
+    scores = _intra_chunk_scores(rc, kc, log_decay)
     bonus = (rc * u.to(dt)[None, :, None, None, :] * kc).sum(-1, keepdim=True)
     y = scores @ vc + bonus * vc
 
     # State passing: what each chunk adds to the state, and how much it decays the old one.
-    added = (kc * torch.exp(cum_after)).transpose(-1, -2) @ vc              # [B, H, n, N, N]
-    chunk_decay = torch.exp(cum_last).squeeze(3)[..., None]                  # [B, H, n, N, 1]
+    added = (kc * _exp(cum_after)).transpose(-1, -2) @ vc                   # [B, H, n, N, N]
+    chunk_decay = _exp(cum_last).squeeze(3)[..., None]                       # [B, H, n, N, 1]
     S = _initial_state(state, B, H, N, r, dt)
     entering = []
     for c in range(n_chunks):
         entering.append(S)
         S = chunk_decay[:, :, c] * S + added[:, :, c]
     entering = torch.stack(entering, dim=2)                                   # [B, H, n, N, N]
-    y = y + (rc * torch.exp(cum_before)) @ entering
+    y = y + (rc * _exp(cum_before)) @ entering
 
     y = y.reshape(B, H, n_chunks * L, N)[:, :, :T].transpose(1, 2)
     return y.to(out_dtype), S
