@@ -69,6 +69,18 @@ def test_the_tiny_llm_is_an_official_x070_file(setup):
     assert (config.arch, config.n_layer, config.n_embd, config.head_size) == ("x070", 2, 32, 16)
 
 
+def test_tiny_models_writes_an_rwkv7_beside_the_rwkv6(tmp_path):
+    from conrwkv.asr import tiny_models
+
+    (tmp_path / "encoder").mkdir()
+    (tmp_path / "encoder" / "config.json").write_text("{}")     # present: not remade
+    for arch in ("x070", "x060"):
+        argv = ["--out", str(tmp_path), "--arch", arch, "--n_layer", "1", "--n_embd", "32"]
+        assert tiny_models.main(argv) == 0
+    assert RWKV6.config_from_checkpoint(tmp_path / "rwkv7-tiny.pth").arch == "x070"
+    assert RWKV6.config_from_checkpoint(tmp_path / "rwkv-tiny.pth").arch == "x060"
+
+
 def package_logits(tmp_path, path: Path) -> torch.Tensor:
     """The `rwkv` package's RWKV_x070 on `path`, started from the file's time_state."""
     pytest.importorskip("rwkv")
