@@ -32,6 +32,7 @@ DRY_RUNS["demo-state-tuning.sh"] = ("demo-state-tuning.sh", {"conv": "1", "n_emb
                                                           "accumulate_grad_batches": "2"}, [])
 DRY_RUNS["demo-state-tuning.sh OP=merge"] = ("demo-state-tuning.sh", {"OP": "merge", "merge_out": "m.pth"},
                                               [])
+DRY_RUNS["demo-icl-sweep.sh MODEL_TYPE=x070"] = ("demo-icl-sweep.sh", {"MODEL_TYPE": "x070"}, [])
 DRY_RUNS["demo-state-tuning.sh smoke_arch=x070"] = ("demo-state-tuning.sh", {"smoke_arch": "x070"}, [])
 
 
@@ -106,6 +107,10 @@ def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):
     flags = run["command"][3:]                                        # after python -m conrwkv
     assert flags[flags.index("--conv_kernel") + 1] == "4" and flags[flags.index("--n_layer") + 1] == "2"
     assert plan["data"]["3"] in flags
+    (rwkv7,) = printed_json(dry_runs["demo-icl-sweep.sh MODEL_TYPE=x070"][1])
+    assert rwkv7["sweep"]["out"] == "output/icl-sweep-x070"                  # never an x060 sweep's
+    assert all(r["command"][r["command"].index("--arch") + 1] == "x070" for r in rwkv7["runs"])
+    assert flags[flags.index("--arch") + 1] == "x060"
 
 
 def test_the_state_tuning_demo_gives_each_op_only_its_flags(dry_runs):

@@ -47,6 +47,17 @@ def test_train_py_trains_x070_from_scratch_and_evaluates_in_context_learning(tmp
     assert "blocks.1.att.v1" in safe_torch_load(weights)   # official x070 keys
 
 
+def test_the_icl_sweep_trains_every_run_as_the_architecture_it_is_given(tmp_path):
+    from conrwkv.lm import sweep as icl_sweep
+    from conrwkv.train.flags import take
+
+    for extra, arch in (([], "x060"), (["--arch", "x070"], "x070")):
+        args = icl_sweep.parse_args(["--out", str(tmp_path), *extra])
+        command = icl_sweep.train_command(args, tmp_path / "k1", tmp_path / "run", kernel=2, depth=1)
+        parsed = cli.build_parser("lm", "train").parse_args(command[3:])   # after python -m conrwkv
+        assert take(ModelConfig, parsed)[0].arch == arch
+
+
 # ---------------------------------------------------------------- --task asr
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
