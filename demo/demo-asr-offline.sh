@@ -54,6 +54,9 @@ ENC_ARGS=${ENC_ARGS:-}            # more ctc_encoder flags, e.g. "--hidden_size 
 ENCODER=${ENCODER:-$RUN_DIR/encoder}   # the encoder folder: written by the encoder stage, read by slam and grid
 
 # ---- language models: a ladder of sizes, <layers>x<embedding>, each trained in turn ----
+# The published World models' sizes, for a ladder that mirrors them (this stage trains RWKV-6):
+#   RWKV-6 World 1.6B: 24x2048   3B: 32x2560   7B: 32x4096   14B: 61x4096
+#   RWKV-7 World (x070) 0.1B: 12x768   0.4B: 24x1024   1.5B: 24x2048   2.9B: 32x2560
 LM_SIZES=${LM_SIZES:-6x384 12x768 24x1024}
 SLAM_LM=${SLAM_LM:-${LM_SIZES%% *}}   # the size the slam stage builds on (default: the first)
 LM_HEAD_SIZE=${LM_HEAD_SIZE:-64}  # the official models' WKV head size (divides every embedding)

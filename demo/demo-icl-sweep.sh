@@ -21,13 +21,19 @@ KERNELS=${KERNELS:-0 2 3 4 5 6}   # 0 = no conv (token shift alone)
 DEPTHS=${DEPTHS:-1 2}
 STEPS=${STEPS:-1500}
 M_BSZ=${M_BSZ:-32}                # chains per step (the name of demo-training-run.sh)
+MODEL_TYPE=${MODEL_TYPE:-x060}    # x060: RWKV-6; x070: RWKV-7; x052: RWKV-5.2
 N_EMBD=${N_EMBD:-64}
 SEQ_LEN=${SEQ_LEN:-513}           # 512 predictions per chain
 N_TRAIN=${N_TRAIN:-50000}
 PARALLEL=${PARALLEL:-12}          # runs on the GPU at the same time (small models leave it idle)
-OUT=${OUT:-output/icl-sweep}
+# Another architecture gets its own folder (x060 keeps the name it always had): a finished run
+# in the folder is kept, whatever it was trained as.
+case $MODEL_TYPE in
+  x060) OUT=${OUT:-output/icl-sweep} ;;
+  *) OUT=${OUT:-output/icl-sweep-$MODEL_TYPE} ;;
+esac
 
 # shellcheck disable=SC2086  # the grids are meant to split into words
 python -m conrwkv.lm.sweep --orders $ORDERS --kernels $KERNELS --depths $DEPTHS \
-  --steps "$STEPS" --micro-bsz "$M_BSZ" --n-embd "$N_EMBD" --seq-len "$SEQ_LEN" \
+  --steps "$STEPS" --micro-bsz "$M_BSZ" --arch "$MODEL_TYPE" --n-embd "$N_EMBD" --seq-len "$SEQ_LEN" \
   --n-train "$N_TRAIN" --parallel "$PARALLEL" --out "$OUT" "$@"

@@ -26,10 +26,11 @@ set -eu
 
 OP=${OP:-all}                   # train | eval | predict | merge | all (train, eval, predict)
 
-# ---- the frozen LLM: official RWKV-6 World .pth (empty: smoke run with a tiny random one) ----
+# ---- the frozen LLM: official RWKV-6 or RWKV-7 World .pth (empty: smoke run with a tiny random one) ----
 load_model=${load_model:-}
 # n_layer / n_embd are checked against the file (empty: read off it). Known sizes:
 #   RWKV-6 World 1.6B: 24 x 2048   3B: 32 x 2560   7B: 32 x 4096   14B: 61 x 4096
+#   RWKV-7 World (x070) 0.1B: 12 x 768   0.4B: 24 x 1024   1.5B: 24 x 2048   2.9B: 32 x 2560
 #   RWKV-5 World 0.4B (x052): 24 x 1024
 n_layer=${n_layer:-}
 n_embed=${n_embed:-}            # the seed README's spelling of n_embd, used when n_embd is empty
@@ -84,6 +85,7 @@ merge_out=${merge_out:-}        # OP=merge: the .pth to write (empty: beside the
 smoke_dir=${smoke_dir:-data/asr-smoke}  # its synthetic corpus and tiny models (made once, reused)
 smoke_epochs=${smoke_epochs:-8}         # 200 utterances need more passes than a real corpus
 smoke_beam=${smoke_beam:-2}             # quicker than beam; the random models gain nothing from it
+smoke_arch=${smoke_arch:-x060}          # the tiny LLM: x060 (RWKV-6) or x070 (RWKV-7)
 
 case $OP in
   train|eval|predict|merge) ops=$OP ;;
@@ -109,9 +111,13 @@ if [ -z "$load_model" ]; then
     *" --dry_run "*) ;;                     # a dry run makes nothing
     *) python dataset2.py synth --out "$smoke_dir/corpus" --train 200 --dev 20 --test_clean 20 \
          --test_other 20 --max_words 8 --no_progress
-       python -m conrwkv.asr.tiny_models --out "$smoke_dir/models" >/dev/null ;;
+       python -m conrwkv.asr.tiny_models --out "$smoke_dir/models" --arch "$smoke_arch" >/dev/null ;;
   esac
-  load_model=$smoke_dir/models/rwkv-tiny.pth
+  case $smoke_arch in
+    x060) load_model=$smoke_dir/models/rwkv-tiny.pth; smoke_name= ;;
+    x070) load_model=$smoke_dir/models/rwkv7-tiny.pth; smoke_name=-x070 ;;
+    *) echo "demo-state-tuning: smoke_arch must be x060 or x070, got $smoke_arch" >&2; exit 2 ;;
+  esac
   encoder=$smoke_dir/models/encoder
   train_data=$smoke_dir/corpus/train
   val_data=$smoke_dir/corpus/dev
@@ -119,7 +125,7 @@ if [ -z "$load_model" ]; then
   predict_audio=$smoke_dir/corpus/test-other
   epoch_count=$smoke_epochs
   beam=$smoke_beam
-  proj_dir=$proj_dir-smoke              # never mixed into a real run's folder
+  proj_dir=$proj_dir-smoke$smoke_name   # never mixed into a real run's folder, nor x060 with x070
 fi
 if [ "$OP" = all ] && [ -z "$predict_audio" ]; then
   ops="train eval"

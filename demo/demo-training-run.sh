@@ -25,9 +25,11 @@ DATA_SEED=${DATA_SEED:-0}
 DATA=${DATA:-}                  # the data folder (empty: datanew.py's folder named by the values above)
 
 # ---- model ----
-MODEL_TYPE=${MODEL_TYPE:-x060}  # x060: RWKV-6; x052: RWKV-5.2 (RWKV-LM's x070 is not implemented)
+MODEL_TYPE=${MODEL_TYPE:-x060}  # x060: RWKV-6; x070: RWKV-7; x052: RWKV-5.2
 N_LAYER=${N_LAYER:-2}
 N_EMBD=${N_EMBD:-64}
+# Published World sizes (N_LAYER x N_EMBD), head size 64: RWKV-6 1.6B 24x2048, 3B 32x2560,
+# 7B 32x4096, 14B 61x4096; RWKV-7 0.1B 12x768, 0.4B 24x1024, 1.5B 24x2048, 2.9B 32x2560.
 HEAD_SIZE=${HEAD_SIZE:-16}      # WKV head size (official models use 64)
 CONV_KERNEL=${CONV_KERNEL:-2}   # Con-RWKV causal conv kernel (0 = off); the claim under test: >= ORDER+1
 TOKEN_SHIFT=${TOKEN_SHIFT:-1}   # 0: no token shift (time and channel mix see the token itself): the ablation
@@ -58,7 +60,12 @@ case $TOKEN_SHIFT in
   0) token_shift=--no-token_shift; shift_name=-noshift ;;
   *) echo "demo-training-run: TOKEN_SHIFT must be 0 or 1, got $TOKEN_SHIFT" >&2; exit 2 ;;
 esac
-PROJ_DIR=${PROJ_DIR:-output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}${shift_name}}
+# Another architecture gets its own folder (x060 keeps the name it always had).
+case $MODEL_TYPE in
+  x060) arch_name= ;;
+  *) arch_name=-$MODEL_TYPE ;;
+esac
+PROJ_DIR=${PROJ_DIR:-output/icl-k${ORDER}-conv${CONV_KERNEL}-L${N_LAYER}${shift_name}${arch_name}}
 
 case $GRAD_CP in
   0) grad_cp=--no-grad_cp ;;

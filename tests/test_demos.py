@@ -27,10 +27,13 @@ DRY_RUNS = {name: (name, {}, []) for name in DEMOS}
 DRY_RUNS["demo-training-run.sh"] = ("demo-training-run.sh", {"MICRO_BSZ": "4", "GRAD_ACCUM": "3",
                                                           "WANDB": "icl"}, ["--max_steps", "7"])
 DRY_RUNS["demo-training-run.sh TOKEN_SHIFT=0"] = ("demo-training-run.sh", {"TOKEN_SHIFT": "0"}, [])
+DRY_RUNS["demo-training-run.sh MODEL_TYPE=x070"] = ("demo-training-run.sh", {"MODEL_TYPE": "x070"}, [])
 DRY_RUNS["demo-state-tuning.sh"] = ("demo-state-tuning.sh", {"conv": "1", "n_embed": "64",
                                                           "accumulate_grad_batches": "2"}, [])
 DRY_RUNS["demo-state-tuning.sh OP=merge"] = ("demo-state-tuning.sh", {"OP": "merge", "merge_out": "m.pth"},
                                               [])
+DRY_RUNS["demo-icl-sweep.sh MODEL_TYPE=x070"] = ("demo-icl-sweep.sh", {"MODEL_TYPE": "x070"}, [])
+DRY_RUNS["demo-state-tuning.sh smoke_arch=x070"] = ("demo-state-tuning.sh", {"smoke_arch": "x070"}, [])
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -92,6 +95,9 @@ def test_the_icl_demo_passes_its_settings_and_extra_flags(dry_runs):
     (ablation,) = printed_json(dry_runs["demo-training-run.sh TOKEN_SHIFT=0"][1])
     assert ablation["model"]["token_shift"] is False          # its own folder: a run is never mixed
     assert ablation["flags"]["train"]["proj_dir"] == "output/icl-k1-conv2-L2-noshift"
+    (rwkv7,) = printed_json(dry_runs["demo-training-run.sh MODEL_TYPE=x070"][1])
+    assert rwkv7["model"]["arch"] == "x070" and rwkv7["model"]["dim_ffn"] == 4 * 64   # x070's F = 4C
+    assert rwkv7["flags"]["train"]["proj_dir"] == "output/icl-k1-conv2-L2-x070"     # never an x060 run's
 
 
 def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):
@@ -101,6 +107,10 @@ def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):
     flags = run["command"][3:]                                        # after python -m conrwkv
     assert flags[flags.index("--conv_kernel") + 1] == "4" and flags[flags.index("--n_layer") + 1] == "2"
     assert plan["data"]["3"] in flags
+    (rwkv7,) = printed_json(dry_runs["demo-icl-sweep.sh MODEL_TYPE=x070"][1])
+    assert rwkv7["sweep"]["out"] == "output/icl-sweep-x070"                  # never an x060 sweep's
+    assert all(r["command"][r["command"].index("--arch") + 1] == "x070" for r in rwkv7["runs"])
+    assert flags[flags.index("--arch") + 1] == "x060"
 
 
 def test_the_state_tuning_demo_gives_each_op_only_its_flags(dry_runs):
@@ -124,6 +134,10 @@ def test_the_state_tuning_demo_gives_each_op_only_its_flags(dry_runs):
         assert "epochs" not in plan["flags"]["train"] and "conv_kernel" not in plan["flags"]["model"]
         assert plan["flags"]["train"]["load_model"] == "" and plan["flags"]["asr"]["encoder"] == ""
         assert plan["weights"].startswith("none yet")               # the dry run trained nothing
+    # An RWKV-7 smoke run: its own tiny LLM file and its own folder.
+    rwkv7 = printed_json(dry_runs["demo-state-tuning.sh smoke_arch=x070"][1])
+    assert rwkv7[0]["flags"]["train"]["load_model"] == "data/asr-smoke/models/rwkv7-tiny.pth"
+    assert {p["flags"]["train"]["proj_dir"] for p in rwkv7} == {"output/asr-smoke-x070"}
 
 
 def test_the_offline_demo_dry_runs_every_train_py_call_and_prints_the_rest(dry_runs):

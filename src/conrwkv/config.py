@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 # The option sets, each defined once here; the flags' choices and the code's checks use them.
 ARCHITECTURES = ("x060", "x052", "x070")
 WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
+# The WKV7 op (RWKV-7) has the torch backend only for now; fla and cuda are WKV6 kernels.
+WKV7_BACKENDS = ("auto", "torch")
 LR_SCHEDULES = ("exp", "cos", "linear", "const")
 PROJECTORS = ("linear", "conv")
 ENCODER_BATCHING = ("auto", "batch", "one_by_one")
@@ -103,6 +105,10 @@ class ModelConfig:
             # The package's RWKV_x070 (and RWKV-LM's trainer) take the time-mix width to be C.
             if self.dim_att != self.n_embd:
                 raise ValueError(f"x070 needs dim_att == n_embd ({self.n_embd}), got {self.dim_att}")
+            # Refused here, before a run has loaded data or started a trainer, not at the first step.
+            if self.wkv_backend not in WKV7_BACKENDS:
+                raise ValueError(f"wkv_backend {self.wkv_backend!r} (--wkv_backend) has no WKV7 "
+                                 f"implementation for x070; choose one of {WKV7_BACKENDS}")
         if self.mix_rank == 0:
             self.mix_rank = 64 if self.n_embd >= 4096 else 32
         if self.decay_rank == 0:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import WKV_BACKENDS
+from ..config import ARCHITECTURES, WKV_BACKENDS
 from ..data.markov import MarkovDataParams, write_markov_dataset
 from ..io import atomic_json_save, atomic_write_bytes, read_json
 
@@ -44,7 +44,7 @@ def find_result(run_dir: Path) -> dict | None:
 def train_command(args, data: Path, run_dir: Path, kernel: int, depth: int) -> list[str]:
     # `python -m conrwkv` is train.py; run in this process's folder, where the paths point.
     return [sys.executable, "-m", "conrwkv", "--task", "lm", "--op", "train",
-            "--data_file", str(data), "--vocab_size", "2", "--n_layer", str(depth),
+            "--data_file", str(data), "--vocab_size", "2", "--arch", args.arch, "--n_layer", str(depth),
             "--n_embd", str(args.n_embd), "--head_size", str(args.head_size),
             "--conv_kernel", str(kernel), "--ctx_len", str(args.seq_len - 1),
             "--micro_bsz", str(args.micro_bsz), "--max_steps", str(args.steps),
@@ -150,6 +150,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=513, help="Symbols per chain.")
     p.add_argument("--n-train", type=int, default=50000, help="Training chains per order.")
     p.add_argument("--n-val", type=int, default=500, help="Validation chains per order.")
+    p.add_argument("--arch", default="x060", choices=ARCHITECTURES,
+                   help="Block architecture of every run: x060 (RWKV-6), x070 (RWKV-7) or x052. "
+                        "Each architecture needs its own --out: a run whose result is there is kept, "
+                        "whatever it was trained as.")
     p.add_argument("--n-embd", type=int, default=64, help="Model width.")
     p.add_argument("--head-size", type=int, default=16, help="WKV head size.")
     p.add_argument("--micro-bsz", type=int, default=32, help="Chains per step.")

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..config import WKV7_BACKENDS
 from .wkv7_torch import wkv7_chunked, wkv7_sequential
-
-WKV7_BACKENDS = ("auto", "torch")
 
 
 def _check(tensors: dict[str, Tensor], state: Tensor | None) -> None:
