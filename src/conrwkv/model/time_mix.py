@@ -31,7 +31,28 @@ def token_shift(x: Tensor, previous: Tensor | None) -> Tensor:
     return torch.cat([first, x[:, :-1]], dim=1)
 
 
-class TimeMix(nn.Module):
+class Adapters:
+    """The Con-RWKV conv branch and the trainable initial WKV state, as every time mix (x052,
+    x060, x070) holds them in `conv` and `time_state` (either may be None)."""
+
+    conv: nn.Module | None
+    time_state: nn.Parameter | None
+
+    @torch.no_grad()
+    def init_adapters(self) -> None:
+        """Conv branch and initial state at their neutral start: the identity and zeros."""
+        if self.conv is not None:
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+        if self.time_state is not None:
+            self.time_state.zero_()
+
+    def initial_wkv_state(self) -> Tensor | None:
+        """The trained initial state as [H, key, value] (the stored time_state is [H, value, key])."""
+        return None if self.time_state is None else self.time_state.transpose(1, 2).float()
+
+
+class TimeMix(Adapters, nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
         self.config = config
@@ -103,19 +124,7 @@ class TimeMix(nn.Module):
         self.ln_x.bias.zero_()
         self.init_adapters()
 
-    @torch.no_grad()
-    def init_adapters(self) -> None:
-        """Conv branch and initial state at their neutral start: the identity and zeros."""
-        if self.conv is not None:
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-        if self.time_state is not None:
-            self.time_state.zero_()
-
     # ---------------------------------------------------------------- forward
-    def initial_wkv_state(self) -> Tensor | None:
-        """The trained initial state as [H, key, value] (the stored time_state is [H, value, key])."""
-        return None if self.time_state is None else self.time_state.transpose(1, 2).float()
 
     def _mix_inputs(self, x: Tensor, shifted: Tensor) -> tuple[Tensor, ...]:
         """The five token-shift interpolations and the raw decay w [B, T, A]."""

@@ -20,7 +20,7 @@ from ..config import ModelConfig
 from ..ops import wkv7
 from .conv import CausalDepthwiseConv
 from .state import LayerState
-from .time_mix import LN_X_EPS, token_shift
+from .time_mix import LN_X_EPS, Adapters, token_shift
 
 # The decay factor is exp(-exp(-0.5) * sigmoid(w_raw)): between exp(-exp(-0.5)) ~ 0.545 and 1.
 _DECAY_LOG_SCALE = -0.5
@@ -33,7 +33,7 @@ def _orthogonal_(x: Tensor, scale: float) -> None:
     nn.init.orthogonal_(x, gain=scale * (math.sqrt(rows / cols) if rows > cols else 1.0))
 
 
-class TimeMix7(nn.Module):
+class TimeMix7(Adapters, nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
         self.config = config
@@ -98,19 +98,7 @@ class TimeMix7(nn.Module):
         self.ln_x.reset_parameters()
         self.init_adapters()
 
-    @torch.no_grad()
-    def init_adapters(self) -> None:
-        """Conv branch and initial state at their neutral start: the identity and zeros."""
-        if self.conv is not None:
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
-        if self.time_state is not None:
-            self.time_state.zero_()
-
     # ---------------------------------------------------------------- forward
-    def initial_wkv_state(self) -> Tensor | None:
-        """The trained initial state as [H, key, value] (the stored time_state is [H, value, key])."""
-        return None if self.time_state is None else self.time_state.transpose(1, 2).float()
 
     def forward(self, x: Tensor, state: LayerState | None, v_first: Tensor | None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:

@@ -21,15 +21,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .chunking import compute_dtype, shift, to_chunks
+
 DEFAULT_CHUNK = 32
 DIAGONAL_BLOCK = 4              # _diagonal_scores writes out the pairs of a block of 4 steps
 _EXP_FLOOR = -60.0
 # Raw decays above this are taken as this: exp(-exp(7)) = exp(-1097) is 0 in float64 too.
 _W_MAX = 7.0
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _initial_state(state: Tensor | None, B: int, H: int, N: int, like: Tensor, dtype) -> Tensor:
@@ -43,7 +41,7 @@ def wkv6_sequential(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
     """The recurrence, one time step after another: slow, obviously right."""
     B, T, H, N = r.shape
     out_dtype = r.dtype
-    dt = _compute_dtype(r)
+    dt = compute_dtype(r)
     r, k, v, u = r.to(dt), k.to(dt), v.to(dt), u.to(dt)
     decay = torch.exp(-torch.exp(w.to(dt)))
     S = _initial_state(state, B, H, N, r, dt)
@@ -54,13 +52,6 @@ def wkv6_sequential(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
         S = decay[:, t, :, :, None] * S + kv
     y = torch.stack(ys, dim=1)
     return y.to(out_dtype), S
-
-
-def _shift(x: Tensor, steps: int) -> Tensor:
-    """x moved `steps` places along the chunk (dim -2), zero filled: x_t -> x_{t-steps}."""
-    if steps > 0:
-        return torch.nn.functional.pad(x, (0, 0, steps, 0))[..., : x.shape[-2], :]
-    return torch.nn.functional.pad(x, (0, 0, 0, -steps))[..., -steps:, :]
 
 
 def _exp(x: Tensor) -> Tensor:
@@ -120,8 +111,8 @@ def _intra_chunk_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
     while h < L:
         # pairs of neighbouring blocks of h steps: [.., L / 2h, 2, h, N]
         r2, k2, d2 = (x.unflatten(-2, (-1, 2, h)) for x in (r, k, log_decay))
-        to_t = torch.cumsum(_shift(d2[..., 1, :, :], 1), dim=-2)          # second half's start .. t-1
-        from_s = torch.cumsum(_shift(d2[..., 0, :, :], -1).flip(-2), dim=-2).flip(-2)   # s+1 .. its end
+        to_t = torch.cumsum(shift(d2[..., 1, :, :], 1), dim=-2)          # second half's start .. t-1
+        from_s = torch.cumsum(shift(d2[..., 0, :, :], -1).flip(-2), dim=-2).flip(-2)   # s+1 .. its end
         rows, cols = r2[..., 1, :, :] * _exp(to_t), k2[..., 0, :, :] * _exp(from_s)
         cross = rows @ cols.transpose(-1, -2)                                 # [.., L / 2h, h, h]
         first, second = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
@@ -142,27 +133,19 @@ def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
     """
     B, T, H, N = r.shape
     out_dtype = r.dtype
-    dt = _compute_dtype(r)
+    dt = compute_dtype(r)
     L = chunk
     n_chunks = -(-T // L)
-    pad = n_chunks * L - T
 
-    def to_chunks(x: Tensor) -> Tensor:
-        # [B, T, H, N] -> [B, H, n_chunks, L, N], zero padded at the end
-        x = x.to(dt).transpose(1, 2)
-        if pad:
-            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        return x.reshape(B, H, n_chunks, L, N)
-
-    rc, kc, vc = to_chunks(r), to_chunks(k), to_chunks(v)
+    rc, kc, vc = to_chunks(r, L, dt), to_chunks(k, L, dt), to_chunks(v, L, dt)
     # Padded steps get log-decay 0 (no decay) and k = v = 0, so they leave the state untouched.
     # w is capped where the decay is 0 to the last digit anyway (exp(-exp(_W_MAX)) underflows
     # even in float64): an infinite log-decay would make a 0 * inf gradient.
-    log_decay = to_chunks(-torch.exp(w.to(dt).clamp(max=_W_MAX)))
+    log_decay = to_chunks(-torch.exp(w.to(dt).clamp(max=_W_MAX)), L, dt)
     # Interval sums of log-decays, each summed directly (differences of long prefix sums
     # would lose precision in chunks that decay fast).
-    cum_before = torch.cumsum(_shift(log_decay, 1), dim=3)      # chunk start .. t-1
-    cum_after = torch.cumsum(_shift(log_decay, -1).flip(3), dim=3).flip(3)   # t+1 .. chunk end
+    cum_before = torch.cumsum(shift(log_decay, 1), dim=3)      # chunk start .. t-1
+    cum_after = torch.cumsum(shift(log_decay, -1).flip(3), dim=3).flip(3)   # t+1 .. chunk end
     cum_last = log_decay.sum(dim=3, keepdim=True)                # the whole chunk
 
     # Intra-chunk scores for s < t: sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j].

@@ -20,9 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
+from .chunking import compute_dtype, shift, to_chunks
 
 
 def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -30,7 +28,7 @@ def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Te
     """The recurrence, one time step after another: slow, obviously right."""
     B, T, H, N = r.shape
     out_dtype = r.dtype
-    dt = _compute_dtype(r)
+    dt = compute_dtype(r)
     r, k, v, a, b = (x.to(dt) for x in (r, k, v, a, b))
     # The decay factor in float32 from the raw w: factors near 1 keep their distance from 1.
     decay = torch.exp(-torch.exp(w.to(dt)))
@@ -54,15 +52,6 @@ DEFAULT_CHUNK = 16
 _EXP_LIMIT = 60.0
 
 
-def _shift(x: Tensor, steps: int, dim: int) -> Tensor:
-    """x moved `steps` places along `dim`, zero filled: x_t -> x_{t-steps} (steps may be < 0)."""
-    L = x.shape[dim]
-    zeros = x.new_zeros(*x.shape[:dim], abs(steps), *x.shape[dim + 1:])
-    if steps > 0:
-        return torch.cat([zeros, x.narrow(dim, 0, L - steps)], dim=dim)
-    return torch.cat([x.narrow(dim, -steps, L + steps), zeros], dim=dim)
-
-
 def _exact_scores(r: Tensor, k: Tensor, a: Tensor, b: Tensor, log_decay: Tensor) -> tuple[Tensor, ...]:
     """The four intra-chunk score matrices with one exponent per (t, s, channel), each summed
     over its own interval: inclusive = sum over s < m <= t, exclusive = s < m < t. [.., L, L]."""
@@ -71,7 +60,7 @@ def _exact_scores(r: Tensor, k: Tensor, a: Tensor, b: Tensor, log_decay: Tensor)
     lower = (t[:, None] > t[None, :])[:, :, None]                          # s < t (also: m > s)
     lower_eq = (t[:, None] >= t[None, :])[:, :, None]                      # s <= t
     inclusive = torch.cumsum(torch.where(lower, log_decay[..., :, None, :], 0.0), dim=-3)
-    exclusive = _shift(inclusive, 1, dim=-3)
+    exclusive = shift(inclusive, 1, dim=-3)
     # Both are sums of log-decays (zero outside their interval), so exp never overflows.
     decay_excl = torch.where(lower, torch.exp(exclusive), 0.0)
     decay_incl = torch.where(lower_eq, torch.exp(inclusive), 0.0)
@@ -102,24 +91,16 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     """
     B, T, H, N = r.shape
     out_dtype = r.dtype
-    dt = _compute_dtype(r)
+    dt = compute_dtype(r)
     L = chunk
     n_chunks = -(-T // L)
-    pad = n_chunks * L - T
 
-    def to_chunks(x: Tensor) -> Tensor:
-        # [B, T, H, N] -> [B, H, n_chunks, L, N], zero padded at the end
-        x = x.to(dt).transpose(1, 2)
-        if pad:
-            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        return x.reshape(B, H, n_chunks, L, N)
-
-    rc, kc, vc, ac, bc = (to_chunks(x) for x in (r, k, v, a, b))
+    rc, kc, vc, ac, bc = (to_chunks(x, L, dt) for x in (r, k, v, a, b))
     # Padded steps get log-decay 0 and a = b = k = v = 0: they leave the state untouched.
-    log_decay = to_chunks(-torch.exp(w.to(dt)))
+    log_decay = to_chunks(-torch.exp(w.to(dt)), L, dt)
     cum = torch.cumsum(log_decay, dim=3)                                  # chunk start .. t
-    cum_before = torch.cumsum(_shift(log_decay, 1, dim=3), dim=3)         # chunk start .. t-1
-    cum_after = torch.cumsum(_shift(log_decay, -1, dim=3).flip(3), dim=3).flip(3)   # t+1 .. end
+    cum_before = torch.cumsum(shift(log_decay, 1, dim=3), dim=3)         # chunk start .. t-1
+    cum_after = torch.cumsum(shift(log_decay, -1, dim=3).flip(3), dim=3).flip(3)   # t+1 .. end
     chunk_decay = torch.exp(cum[..., -1, :])[..., None]                   # [B, H, n, N, 1]
 
     # Factored scores: s < t through exclusive decays (a side), s <= t through inclusive (r side).
