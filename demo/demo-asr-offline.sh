@@ -9,7 +9,8 @@
 #   encoder  (GPU, 450 s on an H100 with ENC_TIME_LIMIT=450) a small HuBERT trained with CTC on the training split (HubertForCTC,
 #            save_pretrained): the stand-in for hubert-large-ls960-ft; greedy CTC WER per split
 #   lm       (GPU, 100 s for 6x384) one RWKV-6 per size of LM_SIZES pretrained on the LM text
-#            (train.py --task lm --compile), each in $RUN_DIR/lm/<size>/, saved as an official .pth
+#            (train.py --task lm --compile), each in $RUN_DIR/lm/<size>/ (<size>-x070 with
+#            LM_ARCH=x070), saved as an official .pth
 #   slam     (GPU, 6 min with PARALLEL_RUNS=1) the encoder and the SLAM_LM language model, both
 #            frozen; trained: projector only / projector + state / projector + state +
 #            conv; corpus WER on test-clean (seen voices) and test-other (held-out voices), and
@@ -54,11 +55,13 @@ ENC_ARGS=${ENC_ARGS:-}            # more ctc_encoder flags, e.g. "--hidden_size 
 ENCODER=${ENCODER:-$RUN_DIR/encoder}   # the encoder folder: written by the encoder stage, read by slam and grid
 
 # ---- language models: a ladder of sizes, <layers>x<embedding>, each trained in turn ----
-# The published World models' sizes, for a ladder that mirrors them (this stage trains RWKV-6):
+# The published World models' sizes, for a ladder that mirrors them (LM_ARCH picks the family):
 #   RWKV-6 World 1.6B: 24x2048   3B: 32x2560   7B: 32x4096   14B: 61x4096
 #   RWKV-7 World (x070) 0.1B: 12x768   0.4B: 24x1024   1.5B: 24x2048   2.9B: 32x2560
 LM_SIZES=${LM_SIZES:-6x384 12x768 24x1024}
 SLAM_LM=${SLAM_LM:-${LM_SIZES%% *}}   # the size the slam stage builds on (default: the first)
+LM_ARCH=${LM_ARCH:-x060}          # x060: RWKV-6; x070: RWKV-7 (its LMs go to lm/<size>-x070; for the
+                                  # lora arm give x070's own --lora_targets: README, "Using the model")
 LM_HEAD_SIZE=${LM_HEAD_SIZE:-64}  # the official models' WKV head size (divides every embedding)
 LM_CTX=${LM_CTX:-128}
 LM_BSZ=${LM_BSZ:-64}
@@ -145,8 +148,11 @@ stage_encoder() {
 }
 
 # The weights a finished LM run of size $1 writes (its last step's file).
+lm_folder() {
+  if [ "$LM_ARCH" = x060 ]; then echo "$RUN_DIR/lm/$1"; else echo "$RUN_DIR/lm/$1-$LM_ARCH"; fi
+}
 lm_weights() {
-  echo "$RUN_DIR/lm/$1/rwkv-step$(printf %06d "$LM_STEPS").pth"
+  echo "$(lm_folder "$1")/rwkv-step$(printf %06d "$LM_STEPS").pth"
 }
 
 # size "<layers>x<embedding>" -> "<layers> <embedding>", or exit naming LM_SIZES / SLAM_LM
@@ -184,7 +190,7 @@ stage_lm() {
       --micro_bsz "$LM_BSZ" --max_steps "$LM_STEPS" --lr_init "$LM_LR" --lr_final "$LM_LR_FINAL" \
       --warmup_steps "$LM_WARMUP" --val_every "$LM_VAL_EVERY" --val_batches "$LM_VAL_BATCHES" \
       --save_every "$LM_SAVE_EVERY" ${compile} --precision "$PRECISION" --devices 1 \
-      --proj_dir "$RUN_DIR/lm/$size" $dry_run
+      --arch "$LM_ARCH" --proj_dir "$(lm_folder "$size")" $dry_run
   done
 }
 

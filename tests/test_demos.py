@@ -256,6 +256,25 @@ def test_the_lm_stage_trains_each_size_not_yet_finished(tmp_path):
     assert all("--compile" in c and "--max_steps" in c for c in trained)
 
 
+def test_lm_arch_x070_trains_rwkv7_into_its_own_folders_and_the_grid_reads_them(tmp_path):
+    runs = tmp_path / "runs"
+    env = {"RUN_DIR": str(runs), "LM_SIZES": "2x64", "LM_ARCH": "x070", "LM_STEPS": "10"}
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {**env, "STAGES": "lm"})
+    assert out.returncode == 0, out.stderr
+    [call] = calls(tmp_path)
+    assert "--arch x070" in call and f"--proj_dir {runs}/lm/2x64-x070" in call
+    (runs / "lm" / "2x64-x070").mkdir(parents=True)
+    (runs / "lm" / "2x64-x070" / "rwkv-step000010.pth").write_bytes(b"")
+    data = tmp_path / "data"
+    (data / "corpus").mkdir(parents=True)
+    (data / "corpus" / "meta.json").write_text("{}")
+    (runs / "encoder").mkdir(parents=True)
+    (runs / "encoder" / "config.json").write_text("{}")
+    out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {**env, "STAGES": "grid", "DATA": str(data)})
+    assert out.returncode == 0, out.stderr
+    assert f"--lm 2x64={runs}/lm/2x64-x070/rwkv-step000010.pth" in calls(tmp_path)[-1]
+
+
 def test_lm_compile_0_trains_eagerly(tmp_path):
     out = run_with_fake_python(tmp_path, "demo-asr-offline.sh", {
         "STAGES": "lm", "RUN_DIR": str(tmp_path / "runs"), "LM_SIZES": "2x64", "LM_COMPILE": "0"})
