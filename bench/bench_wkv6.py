@@ -251,6 +251,14 @@ def print_gpu(res):
         print(f"| {name} | " + " | ".join(f"{errs[k]:.1e}" for k in keys) + " |")
 
 
+def print_table(head: list[str], rows: list[list]) -> None:
+    """A Markdown table, as docs/benchmarks.md holds them."""
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,19 +279,15 @@ def main():
         results["cpu"] = bench_cpu(args.repeats)
         print(f"CPU ({results['machine']}, {results['threads']} threads, torch {results['torch']}), "
               f"B=1 H=4 N=64, median of {args.repeats}")
-        print("| T | pass | sequential (ms) | chunked (ms) | speed-up |")
-        print("|---|---|---|---|---|")
-        for row in results["cpu"]:
-            print(f"| {row['T']} | {row['pass_']} | {row['sequential_ms']:.1f} | {row['chunked_ms']:.1f} "
-                  f"| {row['speedup']:.1f}x |")
+        print_table(["T", "pass", "sequential (ms)", "chunked (ms)", "speed-up"],
+                    [[r["T"], r["pass_"], f"{r['sequential_ms']:.1f}", f"{r['chunked_ms']:.1f}",
+                      f"{r['speedup']:.1f}x"] for r in results["cpu"]])
     if args.decays:
         results["decays"] = bench_cpu_decays(args.repeats)
         print(f"\nChunked forward + backward by decay range ({results['threads']} threads, median of "
               f"{args.repeats})")
-        print("| shape | raw decays w | chunked fwd+bwd (ms) |")
-        print("|---|---|---|")
-        for row in results["decays"]:
-            print(f"| {row['shape']} | {row['decays']} | {row['chunked_ms']:.1f} |")
+        print_table(["shape", "raw decays w", "chunked fwd+bwd (ms)"],
+                    [[r["shape"], r["decays"], f"{r['chunked_ms']:.1f}"] for r in results["decays"]])
     if args.gpu:
         if not torch.cuda.is_available():
             parser.error("--gpu needs a CUDA device")

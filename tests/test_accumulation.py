@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import markov_folder
+from factories import markov_folder, markov_lm_configs
 from speech_fixtures import make_librispeech
 
 from conrwkv import cli
@@ -26,15 +26,6 @@ from conrwkv.lm.run import train_lm
 def markov(tmp_path_factory):
     # 96 chains: 6 micro-batches of 16 an epoch.
     return markov_folder(tmp_path_factory, order=1, seq_len=33, n_train=96, n_val=16, seed=5)
-
-
-def lm_configs(markov, proj, **train):
-    model = ModelConfig(vocab_size=2, n_layer=1, n_embd=32, head_size=16, conv_kernel=2)
-    base = dict(proj_dir=str(proj), data_file=str(markov), ctx_len=32, micro_bsz=16, max_steps=4,
-                lr_init=3e-3, lr_final=3e-4, warmup_steps=2, accelerator="cpu", devices="1", seed=0,
-                log_every=1)
-    base.update(train)
-    return model, TrainConfig(**base)
 
 
 def weights(proj, step, name="rwkv"):
@@ -78,9 +69,9 @@ def test_each_batch_carries_the_target_count_of_its_window_also_after_a_resume(t
 
 
 def test_lm_micro_batches_train_the_weights_of_one_big_batch(markov, tmp_path):
-    big = lm_configs(markov, tmp_path / "big", micro_bsz=32, max_steps=3)
+    big = markov_lm_configs(markov, tmp_path / "big", micro_bsz=32, max_steps=3)
     train_lm(*big[:1], {}, big[1])
-    small = lm_configs(markov, tmp_path / "small", micro_bsz=8, accumulate_grad_batches=4, max_steps=3)
+    small = markov_lm_configs(markov, tmp_path / "small", micro_bsz=8, accumulate_grad_batches=4, max_steps=3)
     train_lm(*small[:1], {}, small[1])
     assert_close(weights(tmp_path / "small", 3), weights(tmp_path / "big", 3), atol=1e-6)
 
@@ -103,11 +94,11 @@ def stop_inside_a_window(monkeypatch, micro_batches):
 def test_a_stop_inside_an_accumulation_window_resumes_bit_identically(markov, tmp_path, monkeypatch):
     # 6 micro-batches an epoch in windows of 4: steps of 4 and 2 micro-batches, 5 steps cross
     # two epoch ends.
-    model, train = lm_configs(markov, tmp_path / "reference", accumulate_grad_batches=4, max_steps=5,
+    model, train = markov_lm_configs(markov, tmp_path / "reference", accumulate_grad_batches=4, max_steps=5,
                               save_every=1)
     train_lm(model, {}, train)
     restore = stop_inside_a_window(monkeypatch, 7)        # step 2 done, 1 micro-batch into step 3
-    model, train = lm_configs(markov, tmp_path / "resumed", accumulate_grad_batches=4, max_steps=5,
+    model, train = markov_lm_configs(markov, tmp_path / "resumed", accumulate_grad_batches=4, max_steps=5,
                               save_every=1)
     train_lm(model, {}, train)
     restore()
@@ -135,7 +126,7 @@ def test_epochs_save_every_and_val_every_count_optimizer_steps(markov, tmp_path,
     monkeypatch.setattr(LMModule, "on_validation_epoch_start", on_val)
     monkeypatch.setattr(LMModule, "training_step", step)
     # 6 micro-batches an epoch in windows of 4: 2 optimizer steps an epoch (the second of 2).
-    model, train = lm_configs(markov, tmp_path, accumulate_grad_batches=4, epochs=2, save_every=1)
+    model, train = markov_lm_configs(markov, tmp_path, accumulate_grad_batches=4, epochs=2, save_every=1)
     train_lm(model, {}, train)
     assert len(micro_batches) == 12
     assert sorted(p.name for p in tmp_path.glob("rwkv-step*.pth")) == [
@@ -148,7 +139,8 @@ def test_epochs_save_every_and_val_every_count_optimizer_steps(markov, tmp_path,
     assert json.loads((tmp_path / "rwkv-step000004.json").read_text())["batch"] == run["batch"]
     # Windows of 3 fill an epoch exactly: validation after every optimizer step, then the final one.
     validated.clear()
-    model, train = lm_configs(markov, tmp_path / "val", accumulate_grad_batches=3, max_steps=4, val_every=1)
+    model, train = markov_lm_configs(markov, tmp_path / "val", accumulate_grad_batches=3, max_steps=4,
+                                     val_every=1)
     train_lm(model, {}, train)
     assert validated == [1, 2, 3, 4, 4]
 
@@ -200,7 +192,7 @@ def test_wandb_offline_run_holds_the_config_and_the_loss(markov, tmp_path, monke
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    model, train = lm_configs(markov, tmp_path / "run", max_steps=2, accumulate_grad_batches=2,
+    model, train = markov_lm_configs(markov, tmp_path / "run", max_steps=2, accumulate_grad_batches=2,
                               wandb="conrwkv-test")
     train_lm(model, {}, train)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
@@ -213,7 +205,7 @@ def test_wandb_offline_run_holds_the_config_and_the_loss(markov, tmp_path, monke
     assert len(losses) >= 2 and all(0 < loss < 2 for loss in losses)
     assert any("val/loss" in row for row in history)
     # A resume continues the same wandb run.
-    model, train = lm_configs(markov, tmp_path / "run", max_steps=3, accumulate_grad_batches=2,
+    model, train = markov_lm_configs(markov, tmp_path / "run", max_steps=3, accumulate_grad_batches=2,
                               wandb="conrwkv-test")
     train_lm(model, {}, train)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))

@@ -12,9 +12,8 @@ import struct
 import numpy as np
 import pytest
 import torch
-from factories import markov_folder
+from factories import markov_folder, markov_lm_configs
 
-from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.binidx import MAGIC
 from conrwkv.data.resumable import ResumableLoader, ShardedBatchSampler
 from conrwkv.io import safe_torch_load
@@ -30,12 +29,7 @@ def markov(tmp_path_factory):
 
 
 def configs(markov, proj, **train):
-    model = ModelConfig(vocab_size=2, n_layer=1, n_embd=32, head_size=16, conv_kernel=2)
-    base = dict(proj_dir=str(proj), data_file=str(markov), ctx_len=32, micro_bsz=16, max_steps=10,
-                save_every=2, lr_init=3e-3, lr_final=3e-4, warmup_steps=2, accelerator="cpu",
-                devices="1", seed=0, log_every=1)
-    base.update(train)
-    return model, TrainConfig(**base)
+    return markov_lm_configs(markov, proj, **{"max_steps": 10, "save_every": 2, **train})
 
 
 def stop_after(monkeypatch, step):

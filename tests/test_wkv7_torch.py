@@ -4,14 +4,11 @@ the chunked version against the reference (outputs, final state, every gradient)
 import pytest
 import torch
 import torch.nn.functional as F
+from factories import assert_matches_reference, rel
 
 from conrwkv.ops import wkv7, wkv7_chunked, wkv7_sequential
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def make_inputs(B, T, H, N, state, w_range=(-6.0, 1.0), dtype=torch.float32):
@@ -65,21 +62,8 @@ CASES = [  # (B, T, H, N, state, w_range)
 @pytest.mark.parametrize("B,T,H,N,state,w_range", CASES)
 def test_chunked_matches_sequential_forward_and_backward(B, T, H, N, state, w_range):
     inputs = make_inputs(B, T, H, N, state, w_range)
-    leaves = [x.clone().requires_grad_(True) if x is not None else None for x in inputs]
-    leaves64 = [x.detach().double().requires_grad_(True) if x is not None else None for x in inputs]
-    y, s = wkv7_chunked(*leaves)
-    y_ref, s_ref = wkv7_sequential(*leaves64)
-    assert y.dtype == torch.float32 and s.shape == (B, H, N, N)
-    assert rel(y, y_ref) < 1e-5
-    assert rel(s, s_ref) < 1e-5
-    dy, ds = torch.randn_like(y), torch.randn_like(s)
-    torch.autograd.backward([y, s], [dy, ds])
-    torch.autograd.backward([y_ref, s_ref], [dy.double(), ds.double()])
-    for name, x, x64 in zip("r w k v a b state".split(), leaves, leaves64):
-        if x is None:
-            continue
-        assert x.grad is not None, name
-        assert rel(x.grad, x64.grad) < 1e-5, name
+    y, s = assert_matches_reference(wkv7_chunked, wkv7_sequential, inputs, "r w k v a b state")
+    assert s.shape == (B, H, N, N)
 
 
 def test_chunks_that_decay_fast_take_the_exact_path_beside_factored_ones():

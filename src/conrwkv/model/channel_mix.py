@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .init_ratios import init_ratios
 from .time_mix import token_shift
 
 
@@ -30,8 +31,8 @@ class ChannelMix(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         cfg = self.config
-        r1 = 1.0 - self.layer_id / cfg.n_layer
-        ddd = torch.arange(cfg.n_embd, dtype=torch.float32).view(1, 1, -1) / cfg.n_embd
+        ratios = init_ratios(cfg, self.layer_id)
+        r1, ddd = ratios.r1, ratios.ddd
         curve = ddd ** (r1**3)
         for name in self._mix_names:
             getattr(self, name).copy_(1 - curve if cfg.arch == "x060" else curve)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .init_ratios import init_ratios
 from .time_mix import token_shift
 
 
@@ -25,8 +26,8 @@ class ChannelMix7(nn.Module):
     def init_weights(self) -> None:
         """RWKV-LM's RWKV-v7 scheme: mix 1 - (c / C)^(depth ratio^4), small key, zero value."""
         cfg = self.config
-        r1 = 1.0 - self.layer_id / cfg.n_layer
-        ddd = torch.arange(cfg.n_embd, dtype=torch.float32).view(1, 1, -1) / cfg.n_embd
+        ratios = init_ratios(cfg, self.layer_id)
+        r1, ddd = ratios.r1, ratios.ddd
         self.x_k.copy_(1.0 - ddd ** (r1**4))
         bound = 0.5 * cfg.n_embd**-0.5
         self.key.weight.uniform_(-bound, bound)

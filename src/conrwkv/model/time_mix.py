@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..ops import wkv6
 from .conv import CausalDepthwiseConv
+from .init_ratios import init_ratios
 from .state import LayerState
 
 # The official GroupNorm after WKV: x060 uses eps 1e-5 * 8**2 on y; x052 uses eps 1e-5 on y / 8.
@@ -37,6 +38,12 @@ class Adapters:
 
     conv: nn.Module | None
     time_state: nn.Parameter | None
+
+    def make_adapters(self, config: ModelConfig) -> None:
+        """The conv (config.conv_kernel > 0) and the initial state (config.state_tuning), or None."""
+        H, N = config.n_head, config.head_size
+        self.conv = CausalDepthwiseConv(config.n_embd, config.conv_kernel) if config.conv_kernel else None
+        self.time_state = nn.Parameter(torch.zeros(H, N, N)) if config.state_tuning else None
 
     @torch.no_grad()
     def init_adapters(self) -> None:
@@ -80,18 +87,16 @@ class TimeMix(Adapters, nn.Module):
         self.gate = nn.Linear(C, A, bias=False)
         self.output = nn.Linear(A, C, bias=False)
         self.ln_x = nn.GroupNorm(H, A, eps=LN_X_EPS)
-        self.conv = CausalDepthwiseConv(C, config.conv_kernel) if config.conv_kernel else None
-        self.time_state = nn.Parameter(torch.zeros(H, N, N)) if config.state_tuning else None
+        self.make_adapters(config)
 
     # ---------------------------------------------------------------- initialisation
     @torch.no_grad()
     def init_weights(self) -> None:
         """Official initialisation for training from scratch (docs/reference.md, "Initialisation")."""
         cfg, layer = self.config, self.layer_id
-        C, A = cfg.n_embd, cfg.dim_att
-        r0 = layer / (cfg.n_layer - 1) if cfg.n_layer > 1 else 0.0   # the official code divides by 0
-        r1 = 1.0 - layer / cfg.n_layer
-        ddd = torch.arange(C, dtype=torch.float32).view(1, 1, C) / C
+        A = cfg.dim_att
+        ratios = init_ratios(cfg, layer)
+        r0, r1, ddd = ratios.r0, ratios.r1, ratios.ddd
         n = torch.arange(A, dtype=torch.float32)
         decay = -6 + 5 * (n / max(A - 1, 1)) ** (0.7 + 1.3 * r0)
         bonus = r0 * (1 - n / max(A - 1, 1)) + 0.1 * ((n + 1) % 3 - 1)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..ops import wkv7
-from .conv import CausalDepthwiseConv
+from .init_ratios import init_ratios
 from .state import LayerState
 from .time_mix import LN_X_EPS, Adapters, token_shift
 
@@ -58,8 +58,7 @@ class TimeMix7(Adapters, nn.Module):
         self.value = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
-        self.conv = CausalDepthwiseConv(C, config.conv_kernel) if config.conv_kernel else None
-        self.time_state = nn.Parameter(torch.zeros(H, N, N)) if config.state_tuning else None
+        self.make_adapters(config)
 
     # ---------------------------------------------------------------- initialisation
     @torch.no_grad()
@@ -71,9 +70,8 @@ class TimeMix7(Adapters, nn.Module):
         orthogonal with gain 0.1, so every LoRA starts as its bias; small key, zero output."""
         cfg, layer = self.config, self.layer_id
         C, N = cfg.n_embd, cfg.head_size
-        r0 = layer / (cfg.n_layer - 1) if cfg.n_layer > 1 else 0.0   # the official code divides by 0
-        r1 = 1.0 - layer / cfg.n_layer
-        ddd = torch.arange(C, dtype=torch.float32).view(1, 1, C) / C
+        ratios = init_ratios(cfg, layer)
+        r0, r1, ddd = ratios.r0, ratios.r1, ratios.ddd
         for name, power in zip(_MIXES, (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)):
             getattr(self, f"x_{name}").copy_(1.0 - ddd ** (power * r1))
         n = torch.arange(C, dtype=torch.float32)

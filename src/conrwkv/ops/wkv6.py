@@ -20,41 +20,13 @@ import torch
 from torch import Tensor
 
 from ..config import WKV_BACKENDS
+from .checks import check_wkv_inputs
 from .wkv6_torch import wkv6_chunked, wkv6_sequential
 
 log = logging.getLogger(__name__)
 
 BACKENDS = WKV_BACKENDS
 _resolved: dict[str, str] = {}
-
-
-def _check(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None) -> None:
-    if not isinstance(r, Tensor) or r.dim() != 4:
-        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-        raise ValueError(f"wkv6: r has shape {shape}; expected a 4-d tensor [B, T, H, N]")
-    B, T, H, N = r.shape
-    if T < 1:
-        raise ValueError(f"wkv6: r has T = {T} time steps; expected T >= 1")
-    for name, x in (("k", k), ("v", v), ("w", w)):
-        if not isinstance(x, Tensor) or tuple(x.shape) != (B, T, H, N):
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"wkv6: {name} has shape {shape}; expected [B, T, H, N] = "
-                             f"{(B, T, H, N)}, the shape of r")
-    if not isinstance(u, Tensor) or tuple(u.shape) != (H, N):
-        shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
-        raise ValueError(f"wkv6: u has shape {shape}; expected [H, N] = {(H, N)}")
-    tensors = [("r", r), ("k", k), ("v", v), ("w", w), ("u", u)]
-    if state is not None:
-        if not isinstance(state, Tensor) or tuple(state.shape) not in ((B, H, N, N), (H, N, N)):
-            shape = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
-            raise ValueError(f"wkv6: state has shape {shape}; expected [B, H, N_key, N_value] = "
-                             f"{(B, H, N, N)} or a shared [H, N, N] = {(H, N, N)}")
-        tensors.append(("state", state))
-    for name, x in tensors:
-        if not x.is_floating_point():
-            raise ValueError(f"wkv6: {name} has dtype {x.dtype}; expected a floating-point tensor")
-        if x.device != r.device:
-            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -114,7 +86,7 @@ def _wkv6_fla(r, k, v, w, u, state, return_state):
 def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None = None,
          return_state: bool = False, backend: str = "auto"):
     """RWKV-6 WKV operator. Returns y [B, T, H, N], or (y, final state [B, H, N, N] float32)."""
-    _check(r, k, v, w, u, state)
+    check_wkv_inputs("wkv6", {"r": r, "k": k, "v": v, "w": w}, state, {"u": u})
     name = resolve_backend(backend, r.device)
     if name == "cuda" and backend == "auto" and r.shape[-1] not in _cuda_head_sizes():
         name = "torch"
