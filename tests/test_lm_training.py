@@ -125,16 +125,17 @@ def test_icl_sweep_runs_a_tiny_grid_and_resumes(tmp_path):
 
     args = ["--orders", "1", "--kernels", "0", "2", "--depths", "1", "--steps", "4",
             "--n-train", "64", "--n-val", "16", "--seq-len", "33", "--n-embd", "32",
-            "--micro-bsz", "8", "--parallel", "2", "--accelerator", "cpu", "--out", str(tmp_path)]
+            "--micro-bsz", "8", "--parallel", "2", "--accelerator", "cpu", "--engine", "process",
+            "--out", str(tmp_path)]
     assert icl_sweep.main(args) == 0
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert sweep["complete"] and {(r["kernel"], r["depth"]) for r in sweep["runs"]} == {(0, 1), (2, 1)}
     table = (tmp_path / "sweep.md").read_text()
     assert "| 1 | 1 |" in table and "conv 2" in table
     assert (tmp_path / "sweep.png").stat().st_size > 0
-    before = (tmp_path / "runs" / "k1-conv0-L1" / "train.log").stat().st_mtime
+    before = (tmp_path / "runs" / "k1-conv0-L1-s0" / "train.log").stat().st_mtime
     assert icl_sweep.main(args) == 0                       # finished runs are not repeated
-    assert (tmp_path / "runs" / "k1-conv0-L1" / "train.log").stat().st_mtime == before
+    assert (tmp_path / "runs" / "k1-conv0-L1-s0" / "train.log").stat().st_mtime == before
 
 
 def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_path, monkeypatch):
@@ -199,7 +200,8 @@ def test_the_sweep_passes_the_token_shift_ablation_to_every_run(tmp_path):
 
     for extra, expected in (([], True), (["--no-token-shift"], False)):
         args = icl_sweep.parse_args(["--out", str(tmp_path), *extra])
-        command = icl_sweep.train_command(args, tmp_path / "k1", tmp_path / "run", kernel=2, depth=1)
+        command = icl_sweep.train_command(args, tmp_path / "k1", tmp_path / "run", kernel=2, depth=1,
+                                          seed=0)
         assert ("--no-token_shift" in command) == (not expected)
         parsed = cli.build_parser("lm", "train").parse_args(command[3:])
         assert take(ModelConfig, parsed)[0].token_shift is expected

@@ -53,7 +53,8 @@ def test_the_icl_sweep_trains_every_run_as_the_architecture_it_is_given(tmp_path
 
     for extra, arch in (([], "x060"), (["--arch", "x070"], "x070")):
         args = icl_sweep.parse_args(["--out", str(tmp_path), *extra])
-        command = icl_sweep.train_command(args, tmp_path / "k1", tmp_path / "run", kernel=2, depth=1)
+        command = icl_sweep.train_command(args, tmp_path / "k1", tmp_path / "run", kernel=2, depth=1,
+                                          seed=0)
         parsed = cli.build_parser("lm", "train").parse_args(command[3:])   # after python -m conrwkv
         assert take(ModelConfig, parsed)[0].arch == arch
 

@@ -44,3 +44,14 @@ def take(cls, namespace: argparse.Namespace) -> tuple[object, dict]:
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(namespace).items() if k in names}
     return cls(**given), given
+
+
+def parse_configs(argv: list[str], *classes) -> list:
+    """Instances of `classes` from a command line's flags (e.g. a train.py command that another
+    program builds), with what the flags leave out at the defaults; flags of other classes (and
+    --task, --op) are passed over."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for cls in classes:
+        add_dataclass_flags(parser, cls, cls.__name__)
+    namespace = parser.parse_known_args(argv)[0]
+    return [take(cls, namespace)[0] for cls in classes]
