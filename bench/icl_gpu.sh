@@ -39,7 +39,7 @@ collect() {   # one tar of what a sweep has finished (small files only)
   name=$1
   [ -d "$ROOT/icl-$name" ] || return 0
   (cd "$ROOT" && { ls -d "icl-$name"/sweep.* "icl-$name"/curves.png 2> /dev/null || true
-     find "icl-$name/runs" -name 'rwkv-step*.json' -o -name '*-icl.png'
+     find "icl-$name/runs" -name 'rwkv-step*.json'
      find "icl-$name/groups" -name 'train-*.log' -o -name 'spec.json'; } 2> /dev/null \
    | tar -cf "$OUT/icl-$name.tar" -T -)
 }
@@ -55,17 +55,12 @@ sweep)
     left=$((DEADLINE_S - ($(date +%s) - START)))
     [ "$left" -gt 30 ] || { echo "icl_gpu: no time left for $name"; break; }
     echo "icl_gpu: sweep $name for at most $left s"
-    # its own process group, so that at the deadline the groups in flight stop with it (they
+    # at the deadline the sweep gets SIGTERM and stops its training processes with it (they
     # resume from their last checkpoint in the next call)
     # shellcheck disable=SC2046  # the flags are meant to split into words
-    setsid python3 -m conrwkv.lm.sweep $(sweep_flags "$name") --parallel "$PARALLEL" \
-      --out "$ROOT/icl-$name" > "$OUT/sweep-$name.log" 2>&1 & pid=$!
-    while kill -0 "$pid" 2> /dev/null && [ $(($(date +%s) - START)) -lt "$DEADLINE_S" ]; do sleep 2; done
-    if kill -0 "$pid" 2> /dev/null; then
-      kill -TERM -- "-$pid" 2> /dev/null || true
-      echo "icl_gpu: $name stopped at the deadline; the next call resumes it"
-    fi
-    wait "$pid" || true
+    timeout -s TERM "$left" python3 -m conrwkv.lm.sweep $(sweep_flags "$name") --parallel "$PARALLEL" \
+      --out "$ROOT/icl-$name" > "$OUT/sweep-$name.log" 2>&1 \
+      || echo "icl_gpu: $name stopped (exit $?); the next call resumes it"
     grep -v "chains:" "$OUT/sweep-$name.log" | tail -n 25
     collect "$name"
   done

@@ -158,3 +158,22 @@ def test_the_table_gives_the_mean_and_spread_over_seeds():
             for s, g in ((0, 0.01), (1, 0.03), (2, 0.02))]
     table = icl_sweep.make_table(rows, [0, 2])
     assert "| 1 | 1 |  | +0.0200 ± 0.0100 | 3 | 0.5000 | +0.1000 |" in table
+
+
+def test_a_terminated_sweep_stops_its_training_processes(tmp_path):
+    """Left running, they would hold their groups' locks and fail the next sweep's launches."""
+    args = [arg if arg != "6" else "100000" for arg in TINY]      # --steps: far more than it gets to
+    sweep = subprocess.Popen([sys.executable, "-m", "conrwkv.lm.sweep", *args, "--out", str(tmp_path)],
+                             cwd=ROOT, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    group_logs = tmp_path / "groups"
+    deadline = time.time() + 120
+    while not any(group_logs.rglob("checkpoints")) and not list(group_logs.rglob("train-*.log")):
+        assert sweep.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(2)                       # the group process is training now
+    children = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+    assert children
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=60) == 128 + signal.SIGTERM
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

@@ -27,8 +27,10 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -82,13 +84,42 @@ def run_one(args, data: Path, order: int, kernel: int, depth: int, seed: int) ->
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.time()
         with open(run_dir / "train.log", "w") as log:
-            proc = subprocess.run(train_command(args, data, run_dir, kernel, depth, seed), stdout=log,
-                                  stderr=subprocess.STDOUT, env=_thread_env(args))
+            proc = _run_child(train_command(args, data, run_dir, kernel, depth, seed), log, args)
         if proc.returncode:
             raise RuntimeError(f"run {run_dir} failed (exit {proc.returncode}); see {run_dir}/train.log")
         result = find_result(run_dir)
         result["wall_s"] = time.time() - start
     return [_row(order, kernel, depth, seed, result)]
+
+
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def _run_child(command: list[str], log, args) -> subprocess.Popen:
+    """Run a training process to its end; it is stopped with the sweep (stop_children)."""
+    with _CHILDREN_LOCK:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_thread_env(args))
+        _CHILDREN.add(proc)
+    try:
+        proc.wait()
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+    return proc
+
+
+def stop_children(signum=None, frame=None) -> None:
+    """On SIGTERM (a deadline, a scheduler's stop) the training processes stop too: each resumes
+    from its last checkpoint in the next sweep. Left running, they would hold their folders'
+    locks and make that sweep's launches fail."""
+    with _CHILDREN_LOCK:
+        for proc in _CHILDREN:
+            proc.terminate()
+        for proc in _CHILDREN:
+            proc.wait()
+    if signum is not None:
+        os._exit(128 + signum)
 
 
 def _thread_env(args) -> dict:
@@ -139,9 +170,8 @@ def run_group(args, data: dict, kernel: int, depth: int, runs: list[tuple[int, i
     atomic_json_save(spec.to_json(), folder / "spec.json")
     start = time.time()
     with open(folder / f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log", "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "conrwkv.lm.ensemble", "--spec",
-                               str(folder / "spec.json"), "--no-progress"],
-                              stdout=log, stderr=subprocess.STDOUT, env=_thread_env(args))
+        proc = _run_child([sys.executable, "-m", "conrwkv.lm.ensemble", "--spec",
+                           str(folder / "spec.json"), "--no-progress"], log, args)
     if proc.returncode:
         raise RuntimeError(f"group {folder} failed (exit {proc.returncode}); see its train-*.log")
     return [_row(order, kernel, depth, seed, {**find_result(Path(member.proj_dir)),
@@ -367,6 +397,14 @@ def main(argv=None) -> int:
         plot_curves(rows, args.kernels, out / "curves.png")
         return table
 
+    previous = signal.signal(signal.SIGTERM, stop_children)
+    try:
+        return _train_grid(args, grid, data, rows, save, start)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_grid(args, grid, data, rows, save, start) -> int:
     jobs = work(args, data, grid)
     failed = []
     with ThreadPoolExecutor(args.parallel) as pool:
