@@ -1,10 +1,17 @@
 """What the chunked torch backends of WKV6 and WKV7 share: the compute dtype, the shift of a
-sequence along one axis, and the layout of a sequence as zero-padded chunks."""
+sequence along one axis, the layout of a sequence as zero-padded chunks, the log-decays, and
+the intra-chunk scores built by halving (`intra_chunk_scores`), whose work and control flow do
+not depend on the values."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+DIAGONAL_BLOCK = 4              # diagonal_scores writes out the pairs of a block of 4 steps
+EXP_FLOOR = -60.0
+# Raw decays above this are taken as this: exp(-exp(7)) = exp(-1097) is 0 in float64 too.
+W_MAX = 7.0
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -29,3 +36,84 @@ def to_chunks(x: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
     if n_chunks * chunk > T:
         x = torch.nn.functional.pad(x, (0, 0, 0, n_chunks * chunk - T))
     return x.reshape(B, H, n_chunks, chunk, N)
+
+
+def chunked_log_decay(w: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
+    """The log-decays -exp(w) of raw decays w [B, T, H, N], as chunks [B, H, n, chunk, N].
+
+    Formed from the raw w directly, so that decays close to 1 keep their distance from 1.
+    Padded steps get log-decay 0 (no decay). w is capped at W_MAX, where the decay is 0 to the
+    last digit anyway (exp(-exp(W_MAX)) underflows even in float64): an infinite log-decay
+    would make a 0 * inf gradient."""
+    return to_chunks(-torch.exp(w.to(dtype).clamp(max=W_MAX)), chunk, dtype)
+
+
+def floored_exp(x: Tensor) -> Tensor:
+    """exp of an exponent <= 0, with those below EXP_FLOOR taken as it: exp(-60) ~ 1e-26 is
+    nothing next to any term it is added to, and it keeps the products out of the subnormal
+    range, where CPU arithmetic is many times slower (fast decays would then cost more)."""
+    return torch.exp(x.clamp(min=EXP_FLOOR))
+
+
+def diagonal_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
+    """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t within each block of 4 steps (0
+    elsewhere): [.., 4, 4]. r, k and log_decay [.., 4, N] broadcast against each other.
+
+    A block of 4 has six such pairs, and each is written out with exactly the decays between
+    its two steps: none for neighbours, decay_1, decay_2 or both for the others. No exponent
+    is positive and no factor has to cancel another, so values and gradients are exact for any
+    decay (a factored form exp(P_{t-1} - P_ref) exp(P_ref - P_s) would leave rounding noise
+    of the size of the uncancelled factors in the gradient of w, far above the true gradient
+    when decays are fast)."""
+    if r.shape[-2] != DIAGONAL_BLOCK:
+        raise ValueError(f"diagonal_scores takes blocks of {DIAGONAL_BLOCK} steps, got {r.shape[-2]}")
+    r0, r1, r2, r3 = r.unbind(-2)
+    k0, k1, k2, k3 = k.unbind(-2)
+    decay = floored_exp(log_decay)
+    d1, d2 = decay[..., 1, :], decay[..., 2, :]
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).sum(-1)
+
+    k0d1 = k0 * d1
+    pairs = [dot(r1, k0), dot(r2, k0d1), dot(r2, k1), dot(r3, k0d1 * d2), dot(r3, k1 * d2), dot(r3, k2)]
+    shape = torch.broadcast_shapes(*(x.shape for x in pairs))
+    pairs = torch.stack([x.expand(shape) for x in pairs] + [pairs[0].new_zeros(()).expand(shape)], -1)
+    # row-major 4 x 4: pair i at its place, 6 (the zero) above the first subdiagonal
+    place = torch.tensor([6, 6, 6, 6, 0, 6, 6, 6, 1, 2, 6, 6, 3, 4, 5, 6], device=pairs.device)
+    return pairs.index_select(-1, place).unflatten(-1, (DIAGONAL_BLOCK, DIAGONAL_BLOCK))
+
+
+def intra_chunk_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
+    """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t inside each chunk (0 elsewhere),
+    at the same cost whatever the decays, and with no exponent above 0. r, k and log_decay
+    [.., L, N] broadcast against each other (several row and column sets at once: the factors
+    of each are computed once); the result is [.., L, L] of the broadcast shape.
+
+    By halving: a block of 2h steps is its two halves on the diagonal (the same problem,
+    recursively, down to blocks of 4, written out by diagonal_scores) and one off-diagonal
+    block, the second half's rows against the first half's columns. There the product splits
+    at the boundary between the halves into a row factor (the decays from the second half's
+    start to t-1) and a column factor (from s+1 to the first half's end), each a sum of
+    log-decays over its own interval, hence <= 0: one matrix product, no overflow however fast
+    the decays, and no factor that has to cancel another (so the gradients are as exact as the
+    values). The matrix products add up to half of one chunk-sized product. No branch depends
+    on the values, so the work is the same for every input, torch.compile sees one graph and
+    torch.func.vmap can batch it."""
+    L = r.shape[-2]
+    if L % DIAGONAL_BLOCK or (L // DIAGONAL_BLOCK) & (L // DIAGONAL_BLOCK - 1):
+        raise ValueError(f"the chunk must be {DIAGONAL_BLOCK} times a power of 2, got {L}")
+    blocks = diagonal_scores(*(x.unflatten(-2, (-1, DIAGONAL_BLOCK)) for x in (r, k, log_decay)))
+    h = DIAGONAL_BLOCK
+    while h < L:
+        # pairs of neighbouring blocks of h steps: [.., L / 2h, 2, h, N]
+        r2, k2, d2 = (x.unflatten(-2, (-1, 2, h)) for x in (r, k, log_decay))
+        to_t = torch.cumsum(shift(d2[..., 1, :, :], 1), dim=-2)          # second half's start .. t-1
+        from_s = torch.cumsum(shift(d2[..., 0, :, :], -1).flip(-2), dim=-2).flip(-2)   # s+1 .. its end
+        rows, cols = r2[..., 1, :, :] * floored_exp(to_t), k2[..., 0, :, :] * floored_exp(from_s)
+        cross = rows @ cols.transpose(-1, -2)                                 # [.., L / 2h, h, h]
+        first, second = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
+        blocks = torch.cat([torch.cat([first, torch.zeros_like(cross)], -1),
+                            torch.cat([cross, second], -1)], -2)              # [.., L / 2h, 2h, 2h]
+        h *= 2
+    return blocks.squeeze(-3)

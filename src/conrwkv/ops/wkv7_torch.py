@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunking import compute_dtype, shift, to_chunks
+from .chunking import chunked_log_decay, compute_dtype, floored_exp, intra_chunk_scores, shift, to_chunks
 
 
 def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -47,31 +47,12 @@ def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Te
 
 
 DEFAULT_CHUNK = 16
-# Largest exponent taken when intra-chunk decays are factored (as in wkv6_torch): exp(60) ~ 1e26
-# keeps the factored vectors far inside float32 range.
-_EXP_LIMIT = 60.0
-
-
-def _exact_scores(r: Tensor, k: Tensor, a: Tensor, b: Tensor, log_decay: Tensor) -> tuple[Tensor, ...]:
-    """The four intra-chunk score matrices with one exponent per (t, s, channel), each summed
-    over its own interval: inclusive = sum over s < m <= t, exclusive = s < m < t. [.., L, L]."""
-    L = r.shape[-2]
-    t = torch.arange(L, device=r.device)
-    lower = (t[:, None] > t[None, :])[:, :, None]                          # s < t (also: m > s)
-    lower_eq = (t[:, None] >= t[None, :])[:, :, None]                      # s <= t
-    inclusive = torch.cumsum(torch.where(lower, log_decay[..., :, None, :], 0.0), dim=-3)
-    exclusive = shift(inclusive, 1, dim=-3)
-    # Both are sums of log-decays (zero outside their interval), so exp never overflows.
-    decay_excl = torch.where(lower, torch.exp(exclusive), 0.0)
-    decay_incl = torch.where(lower_eq, torch.exp(inclusive), 0.0)
-    pair = lambda x, y, d: torch.einsum("...tj,...sj,...tsj->...ts", x, y, d)  # noqa: E731
-    return pair(a, b, decay_excl), pair(a, k, decay_excl), pair(r, b, decay_incl), pair(r, k, decay_incl)
 
 
 def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
                  state: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
     """Chunkwise-parallel WKV7: the same recurrence, with only the N x N state passed between
-    chunks of `chunk` steps.
+    chunks of `chunk` steps (4 times a power of 2).
 
     Inside a chunk, write u_t = a_t^T S_{t-1} (the state read along the removal direction).
     With the decays prod_{s<m<=t} decay_m between steps, the u_t of a chunk solve one unit lower
@@ -81,13 +62,14 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     state (the two solves, every score) are computed for all chunks at once; the loop over
     chunks does a few small matrix products.
 
-    Numerics, as in wkv6_chunked: the decays between two steps of a chunk are factored around
-    the middle of the chunk, exp(cum_t - ref) * exp(ref - cum_s), so that the scores are
-    matrix products. Where a chunk decays so fast that a factor would pass exp(_EXP_LIMIT)
-    (decays close to 0), that chunk's scores are recomputed exactly with one exponent per
-    (t, s, channel) summed over its own interval. Every other exponent is a sum of log-decays
-    over an interval, hence <= 0; decays close to 1 keep their distance from 1 because the
-    log-decay -exp(w) is formed directly from the raw w.
+    Numerics, as in wkv6_chunked: the four score matrices are built by halving
+    (chunking.intra_chunk_scores), each factored only around the boundary between two halves,
+    so every exponent taken is a sum of log-decays over an interval, hence <= 0, whatever the
+    decays. The a side reads the exclusive decays prod_{s<m<t}; the r side the inclusive ones,
+    which are the exclusive ones times decay_t (folded into r_t) plus the diagonal s = t, with
+    no decay. Decays close to 1 keep their distance from 1 because the log-decay -exp(w) is
+    formed directly from the raw w. No branch depends on the values: the work is the same for
+    every input, torch.compile(fullgraph=True) traces it and torch.func.vmap batches it.
     """
     B, T, H, N = r.shape
     out_dtype = r.dtype
@@ -97,45 +79,38 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
 
     rc, kc, vc, ac, bc = (to_chunks(x, L, dt) for x in (r, k, v, a, b))
     # Padded steps get log-decay 0 and a = b = k = v = 0: they leave the state untouched.
-    log_decay = to_chunks(-torch.exp(w.to(dt)), L, dt)
+    log_decay = chunked_log_decay(w, L, dt)
     cum = torch.cumsum(log_decay, dim=3)                                  # chunk start .. t
     cum_before = torch.cumsum(shift(log_decay, 1, dim=3), dim=3)         # chunk start .. t-1
     cum_after = torch.cumsum(shift(log_decay, -1, dim=3).flip(3), dim=3).flip(3)   # t+1 .. end
-    chunk_decay = torch.exp(cum[..., -1, :])[..., None]                   # [B, H, n, N, 1]
+    chunk_decay = floored_exp(cum[..., -1, :])[..., None]                 # [B, H, n, N, 1]
 
-    # Factored scores: s < t through exclusive decays (a side), s <= t through inclusive (r side).
-    ref = cum[:, :, :, L // 2 : L // 2 + 1, :]
-    exps = (cum_before - ref, cum - ref, ref - cum)
-    too_fast = (torch.stack([e.amax(dim=(3, 4)) for e in exps]).amax(0) > _EXP_LIMIT).detach()
-    a_q, r_q, s_side = (torch.exp(e.clamp(max=_EXP_LIMIT)) for e in exps)
-    a_scaled, r_scaled = ac * a_q, rc * r_q
-    b_side, k_side = (bc * s_side).transpose(-1, -2), (kc * s_side).transpose(-1, -2)
-    scores = [a_scaled @ b_side, a_scaled @ k_side, r_scaled @ b_side, r_scaled @ k_side]
-    if too_fast.any():
-        exact = _exact_scores(rc[too_fast], kc[too_fast], ac[too_fast], bc[too_fast], log_decay[too_fast])
-        for i, part in enumerate(exact):
-            full = scores[i].new_zeros(scores[i].shape)
-            full[too_fast] = part
-            scores[i] = torch.where(too_fast[..., None, None], full, scores[i])
-    strictly_lower = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
-    lower_eq = torch.ones(L, L, dtype=torch.bool, device=r.device).tril()
-    a_b, a_k = (torch.where(strictly_lower, x, 0.0) for x in scores[:2])
-    r_b, r_k_scores = (torch.where(lower_eq, x, 0.0) for x in scores[2:])
+    # All four scores in one halving: rows (a, r_t decay_t) against columns (b, k), s < t.
+    rows = torch.stack([ac, rc * floored_exp(log_decay)], dim=3).unsqueeze(4)   # [B, H, n, 2, 1, L, N]
+    cols = torch.stack([bc, kc], dim=3).unsqueeze(3)                           # [B, H, n, 1, 2, L, N]
+    scores = intra_chunk_scores(rows, cols, log_decay[:, :, :, None, None])    # [B, H, n, 2, 2, L, L]
+    a_b, a_k = scores[:, :, :, 0, 0], scores[:, :, :, 0, 1]
+    r_b = scores[:, :, :, 1, 0] + torch.diag_embed((rc * bc).sum(-1))
+    r_k = scores[:, :, :, 1, 1] + torch.diag_embed((rc * kc).sum(-1))
 
     # u = W S_0 + U0, with W and U0 the solutions for the state-free parts.
     system = torch.eye(L, dtype=dt, device=r.device) - a_b
-    W = torch.linalg.solve_triangular(system, ac * torch.exp(cum_before), upper=False, unitriangular=True)
+    W = torch.linalg.solve_triangular(system, ac * floored_exp(cum_before), upper=False,
+                                      unitriangular=True)
     U0 = torch.linalg.solve_triangular(system, a_k @ vc, upper=False, unitriangular=True)
-    r_start = rc * torch.exp(cum)                                           # r_t decayed back to S_0
-    y_free = r_k_scores @ vc
-    b_end = (bc * torch.exp(cum_after)).transpose(-1, -2)                  # [B, H, n, N, L]
-    k_end_v = (kc * torch.exp(cum_after)).transpose(-1, -2) @ vc           # [B, H, n, N, N]
+    r_start = rc * floored_exp(cum)                                         # r_t decayed back to S_0
+    y_free = r_k @ vc
+    b_end = (bc * floored_exp(cum_after)).transpose(-1, -2)                # [B, H, n, N, L]
+    k_end_v = (kc * floored_exp(cum_after)).transpose(-1, -2) @ vc         # [B, H, n, N, N]
 
     S = r.new_zeros(B, H, N, N, dtype=dt) if state is None else state.to(dt).expand(B, H, N, N)
     ys = []
-    for c in range(n_chunks):
-        u = W[:, :, c] @ S + U0[:, :, c]
-        ys.append(r_start[:, :, c] @ S + r_b[:, :, c] @ u + y_free[:, :, c])
-        S = chunk_decay[:, :, c] * S + b_end[:, :, c] @ u + k_end_v[:, :, c]
+    # Each chunk's slices by one unbind: the backward of an index per chunk would write a
+    # full-sized zero gradient per chunk (quadratic in the number of chunks).
+    per_chunk = zip(*(x.unbind(2) for x in (W, U0, r_start, r_b, y_free, chunk_decay, b_end, k_end_v)))
+    for W_c, U0_c, r_start_c, r_b_c, y_free_c, decay_c, b_end_c, k_end_v_c in per_chunk:
+        u = W_c @ S + U0_c
+        ys.append(r_start_c @ S + r_b_c @ u + y_free_c)
+        S = decay_c * S + b_end_c @ u + k_end_v_c
     y = torch.stack(ys, dim=2).reshape(B, H, n_chunks * L, N)[:, :, :T].transpose(1, 2)
     return y.to(out_dtype), S
