@@ -102,10 +102,12 @@ def test_the_icl_demo_passes_its_settings_and_extra_flags(dry_runs):
 
 def test_the_sweep_demo_lists_every_run_and_makes_no_data(dry_runs):
     (plan,) = printed_json(dry_runs["demo-icl-sweep.sh"][1])
-    assert len(plan["runs"]) == 4 * 6 * 2 and not any(run["done"] for run in plan["runs"])
-    run = next(r for r in plan["runs"] if r["name"] == "k3-conv4-L2")
+    assert len(plan["runs"]) == 4 * 6 * 2 * 3 and not any(run["done"] for run in plan["runs"])
+    assert plan["sweep"]["engine"] == "ensemble"
+    run = next(r for r in plan["runs"] if r["name"] == "k3-conv4-L2-s1")
     flags = run["command"][3:]                                        # after python -m conrwkv
     assert flags[flags.index("--conv_kernel") + 1] == "4" and flags[flags.index("--n_layer") + 1] == "2"
+    assert flags[flags.index("--seed") + 1] == "1"
     assert plan["data"]["3"] in flags
     (rwkv7,) = printed_json(dry_runs["demo-icl-sweep.sh MODEL_TYPE=x070"][1])
     assert rwkv7["sweep"]["out"] == "output/icl-sweep-x070"                  # never an x060 sweep's
