@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, fields
 # The option sets, each defined once here; the flags' choices and the code's checks use them.
 ARCHITECTURES = ("x060", "x052", "x070")
 WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
-# The WKV7 op (RWKV-7) has the torch backend only for now; fla and cuda are WKV6 kernels.
-WKV7_BACKENDS = ("auto", "torch")
+# The WKV7 op (RWKV-7): the torch backend, and fla's chunk_rwkv7 on CUDA; cuda is WKV6's kernel.
+WKV7_BACKENDS = ("auto", "torch", "fla")
 LR_SCHEDULES = ("exp", "cos", "linear", "const")
 PROJECTORS = ("linear", "conv")
 ENCODER_BATCHING = ("auto", "batch", "one_by_one")
