@@ -124,6 +124,16 @@ class RWKV6(nn.Module):
         for block in self.blocks:
             block.compile(**options)
 
+    def compile_model(self, **options) -> None:
+        """torch.compile the whole model in place, as one graph (fullgraph=True unless `options`
+        say otherwise; the rest go to torch.compile too).
+
+        No graph break with any WKV backend but fla: the torch backend is plain tensor code and
+        the CUDA kernels are the custom op conrwkv::wkv6 (ops/wkv_op.py), so the fusions cross
+        block boundaries and nothing leaves the graph. Costs one compile of the whole model per
+        input shape, instead of one of a block (compile_blocks)."""
+        self.compile(**{"fullgraph": True, **options})
+
     # ---------------------------------------------------------------- official .pth files
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
