@@ -118,11 +118,22 @@ class RWKV6(nn.Module):
 
         Each block's token shift, low-rank mixes, LayerNorms, GroupNorm x gate and channel mix
         become a few fused kernels instead of dozens of unfused elementwise ones; the WKV CUDA
-        kernel stays outside the graphs (a graph break), so any WKV backend works. The blocks
+        kernels are one node of each block's graph (the custom op conrwkv::wkv6), fla's a graph
+        break, so any WKV backend works. The blocks
         share one compiled code object (same code, parameters as inputs), so the compile cost
         is paid once per input shape, not once per layer."""
         for block in self.blocks:
             block.compile(**options)
+
+    def compile_model(self, **options) -> None:
+        """torch.compile the whole model in place, as one graph (fullgraph=True unless `options`
+        say otherwise; the rest go to torch.compile too).
+
+        No graph break with any WKV backend but fla: the torch backend is plain tensor code and
+        the CUDA kernels are the custom op conrwkv::wkv6 (ops/wkv_op.py), so the fusions cross
+        block boundaries and nothing leaves the graph. Costs one compile of the whole model per
+        input shape, instead of one of a block (compile_blocks)."""
+        self.compile(**{"fullgraph": True, **options})
 
     # ---------------------------------------------------------------- official .pth files
     @classmethod

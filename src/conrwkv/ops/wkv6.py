@@ -9,6 +9,10 @@ u is [H, N]; the state is [B, H, N_key, N_value], or [H, N, N] shared by every b
 Backends: "torch" (chunked, any device), "cuda" (the project's own kernels, CUDA tensors),
 "fla" (flash-linear-attention's chunk_rwkv6, for comparison), and "auto", which picks the
 fastest one available for the tensors' device once per process and says which.
+
+"cuda" runs through the custom op conrwkv::wkv6 (wkv_op.py), so torch.compile(fullgraph=True)
+traces the model through the kernels; "torch" stays plain tensor code (traceable, and batched by
+torch.func.vmap), unless wkv_op.torch_backend_through_ops() routes it through the op too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 from ..config import WKV_BACKENDS
 from .checks import check_wkv_inputs
 from .wkv6_torch import wkv6_chunked, wkv6_sequential
+from .wkv_op import torch_backend_uses_ops, wkv6_op
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,9 @@ def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | 
         name = "torch"
         _warn_once(f"wkv6: the CUDA kernels are built for head sizes {_cuda_head_sizes()}, not "
                    f"{r.shape[-1]}; 'auto' uses the (slower) torch chunked backend for these")
-    if name == "torch":
+    if name == "torch" and torch_backend_uses_ops():
+        y, final = wkv6_op(r, k, v, w, u, state, return_state)
+    elif name == "torch":
         if r.shape[1] == 1:
             y, final = wkv6_sequential(r, k, v, w, u, state)
         else:

@@ -14,6 +14,10 @@ module compiles nothing.
 Inputs: r, k, v, w [B, T, H, N] (bfloat16 or float32; w may stay float32 beside bfloat16 r, k, v),
 u [H, N], state None, [B, H, N, N] or [H, N, N] shared by the batch. y comes back in the dtype of r,
 the final state in float32. Head sizes 32 and 64 are built.
+
+The kernels reach autograd and torch.compile as the CUDA implementation of the custom op
+conrwkv::wkv6 (wkv_op.py): `torch.compile(model, fullgraph=True)` traces through it without a
+graph break.
 """
 
 from __future__ import annotations
@@ -114,38 +118,36 @@ def _prepare(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
-class _WKV6(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, k, v, w, u, state, return_state: bool, keep_for_backward: bool):
-        ext = load_extension(r.device)
-        t, tw = _kernel_dtypes(r, w)
-        rc, kc, vc = (_prepare(x, t) for x in (r, k, v))
-        wc = _prepare(w, tw)
-        uc = _prepare(u, torch.float32)
-        sc = _prepare(state, torch.float32) if state is not None else None
-        y, final, ckpt = ext.forward(rc, kc, vc, wc, uc, sc, return_state, keep_for_backward)
-        if keep_for_backward:
-            ctx.save_for_backward(rc, kc, vc, wc, uc, ckpt)
-        ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype if state is not None else None)
-        ctx.state_shape = None if state is None else tuple(state.shape)
-        ctx.return_state = return_state
-        y = y.to(r.dtype)
-        return (y, final) if return_state else y
+def kernel_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None,
+                   return_state: bool, keep_for_backward: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward launch: (y in r's dtype, final state [B, H, N, N] float32 or empty, stored states
+    for the backward [B, H, ceil(T / 64), N, N] float32 or empty). The body of the CUDA kernel of
+    the custom op conrwkv::wkv6 (wkv_op.py)."""
+    ext = load_extension(r.device)
+    t, tw = _kernel_dtypes(r, w)
+    rc, kc, vc = (_prepare(x, t) for x in (r, k, v))
+    sc = _prepare(state, torch.float32) if state is not None else None
+    y, final, ckpt = ext.forward(rc, kc, vc, _prepare(w, tw), _prepare(u, torch.float32), sc,
+                                 return_state, keep_for_backward)
+    return y.to(r.dtype), final, ckpt
 
-    @staticmethod
-    def backward(ctx, dy, *rest):
-        ext = load_extension(dy.device)
-        rc, kc, vc, wc, uc, ckpt = ctx.saved_tensors
-        dsf = rest[0] if ctx.return_state else None
-        dsf = _prepare(dsf, torch.float32) if dsf is not None else None
-        want_ds0 = ctx.needs_input_grad[5]
-        dr, dk, dv, dw, du, ds0 = ext.backward(rc, kc, vc, wc, uc, ckpt, _prepare(dy, rc.dtype), dsf,
-                                               want_ds0)
-        dt_r, dt_k, dt_v, dt_w, dt_u, dt_s = ctx.dtypes
-        dstate = None
-        if want_ds0:
-            dstate = (ds0.sum(0) if len(ctx.state_shape) == 3 else ds0).to(dt_s)
-        return (dr.to(dt_r), dk.to(dt_k), dv.to(dt_v), dw.to(dt_w), du.sum(0).to(dt_u), dstate, None, None)
+
+def kernel_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None,
+                    ckpt: Tensor, dy: Tensor, dfinal: Tensor | None, want_dstate: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """One backward launch from the forward's inputs (prepared again: the same casts, hence the same
+    values the forward read) and its stored states: the gradients in the inputs' dtypes (dstate
+    None unless want_dstate)."""
+    ext = load_extension(dy.device)
+    t, tw = _kernel_dtypes(r, w)
+    rc, kc, vc = (_prepare(x, t) for x in (r, k, v))
+    dsf = _prepare(dfinal, torch.float32) if dfinal is not None else None
+    dr, dk, dv, dw, du, ds0 = ext.backward(rc, kc, vc, _prepare(w, tw), _prepare(u, torch.float32), ckpt,
+                                           _prepare(dy, t), dsf, want_dstate)
+    dstate = None
+    if want_dstate:
+        dstate = (ds0.sum(0) if state.dim() == 3 else ds0).to(state.dtype)
+    return dr.to(r.dtype), dk.to(k.dtype), dv.to(v.dtype), dw.to(w.dtype), du.sum(0).to(u.dtype), dstate
 
 
 def wkv6_cuda(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None = None,
@@ -158,9 +160,7 @@ def wkv6_cuda(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tens
         if x is not None and x.device.type != "cuda":
             raise ValueError(f"wkv6 cuda: {name} is on {x.device}; the CUDA backend needs CUDA tensors "
                              "(use backend='torch' on the CPU)")
-    inputs = (r, k, v, w, u) + ((state,) if state is not None else ())
-    keep = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
-    out = _WKV6.apply(r, k, v, w, u, state, return_state, keep)
-    if return_state:
-        return out
-    return out, None
+    from .wkv_op import wkv6_op
+
+    y, final = wkv6_op(r, k, v, w, u, state, return_state)
+    return y, (final if return_state else None)

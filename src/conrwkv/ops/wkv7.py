@@ -12,6 +12,10 @@ Backends: "torch" (chunked, any device; one step goes through the sequential ref
 package, not a dependency) and "auto", which is "torch" (the project has no WKV7 CUDA kernel
 yet). Asking for the WKV6-only "cuda" backend is an error naming the flag rather than a silent
 fallback.
+
+The torch backend is plain tensor code (traced by torch.compile(fullgraph=True), batched by
+torch.func.vmap); inside wkv_op.torch_backend_through_ops() it runs as the custom op
+conrwkv::wkv7 instead (wkv_op.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 from ..config import WKV7_BACKENDS
 from .checks import check_wkv_inputs
 from .wkv7_torch import wkv7_chunked, wkv7_sequential
+from .wkv_op import torch_backend_uses_ops, wkv7_op
 
 
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
@@ -33,6 +38,8 @@ def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state
     check_wkv_inputs("wkv7", {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b}, state)
     if backend == "fla":
         y, final = _wkv7_fla(r, w, k, v, a, b, state, return_state)
+    elif torch_backend_uses_ops():
+        y, final = wkv7_op(r, w, k, v, a, b, state, return_state)
     else:
         run = wkv7_sequential if r.shape[1] == 1 else wkv7_chunked
         y, final = run(r, w, k, v, a, b, state)
