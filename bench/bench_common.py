@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from conrwkv.model import RWKV6, ModelConfig
+from conrwkv.model import RWKV, ModelConfig
 
 # name -> (n_layer, n_embd): the RWKV-6 World sizes of the issue; "tiny" is the CPU smoke shape.
 SIZES = {"1.6B": (24, 2048), "3B": (32, 2560), "tiny": (2, 128)}
@@ -89,7 +89,7 @@ def free_memory(device: str) -> None:
 
 @torch.no_grad()
 def random_rwkv(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-                vocab: int = VOCAB, **options) -> RWKV6:
+                vocab: int = VOCAB, **options) -> RWKV:
     """An RWKV-6 of the given size, built directly on `device`: the official initialisation
     (in float32: its orthogonal init needs a float32 QR), then every all-zero matrix (the output
     projections, channel-mix value and receptance, the LoRA down-projections) filled with
@@ -98,7 +98,7 @@ def random_rwkv(size: str, device: str, dtype: torch.dtype = torch.bfloat16, see
     n_layer, n_embd = SIZES[size]
     config = ModelConfig(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, **options)
     with torch.device(device):
-        model = RWKV6(config)
+        model = RWKV(config)
     for name, p in model.named_parameters():
         if p.dim() >= 2 and not name.endswith("time_state") and not p.any():
             p.normal_(0.0, 0.02)

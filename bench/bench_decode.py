@@ -5,7 +5,7 @@ and the real-time factor of transcription.
     python bench/bench_decode.py --cpu-smoke        # the same code at tiny shapes on the CPU
 
 A random 1.6B RWKV-6 (24 x 2048, vocabulary 65536) is written with our official-format writer
-(RWKV6.save_checkpoint, bf16) and that one file is loaded by both: RWKV6.from_checkpoint and
+(RWKV.save_checkpoint, bf16) and that one file is loaded by both: RWKV.from_checkpoint and
 `rwkv.model.RWKV(path, strategy="cuda bf16")` with RWKV_CUDA_ON=1 (its extensions are built in a
 background process while our side is prepared).
 
@@ -51,7 +51,7 @@ from bench_common import (
     write_json,
 )
 
-from conrwkv.model import RWKV6, RNNStepper
+from conrwkv.model import RWKV, RNNStepper
 
 
 def rel(a, b) -> float:
@@ -104,13 +104,13 @@ class Package:
 
 
 @torch.no_grad()
-def ours_prefill(model: RWKV6, ids: torch.Tensor):
+def ours_prefill(model: RWKV, ids: torch.Tensor):
     hidden, state = model.forward_hidden(ids)
     return model.head(hidden[:, -1]).float(), state
 
 
 @torch.no_grad()
-def ours_eager_generate(model: RWKV6, first: torch.Tensor, state, n: int) -> torch.Tensor:
+def ours_eager_generate(model: RWKV, first: torch.Tensor, state, n: int) -> torch.Tensor:
     tokens, out = first[:, None], []
     for _ in range(n):
         logits, state = model(tokens, state)
@@ -119,13 +119,13 @@ def ours_eager_generate(model: RWKV6, first: torch.Tensor, state, n: int) -> tor
     return torch.cat(out, dim=1)
 
 
-def bench_lm(args, device: str, folder: Path, builder, results: dict) -> RWKV6:
+def bench_lm(args, device: str, folder: Path, builder, results: dict) -> RWKV:
     path = folder / "model.pth"
     source = random_rwkv(args.size, device)
     source.save_checkpoint(path)
     del source
     free_memory(device)
-    model = RWKV6.from_checkpoint(path, dtype=torch.bfloat16, device=device, state_tuning=True).eval()
+    model = RWKV.from_checkpoint(path, dtype=torch.bfloat16, device=device, state_tuning=True).eval()
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(1, VOCAB, (args.prefill,), generator=g)
     ids = prompt[None].to(device)
@@ -210,7 +210,7 @@ def bench_lm(args, device: str, folder: Path, builder, results: dict) -> RWKV6:
     return model
 
 
-def bench_rtf(args, device: str, folder: Path, llm: RWKV6, results: dict) -> None:
+def bench_rtf(args, device: str, folder: Path, llm: RWKV, results: dict) -> None:
     from conrwkv.asr import SpeechRWKV, greedy_decode
     from conrwkv.asr.encoder import SpeechEncoder
     from conrwkv.asr.projector import Projector

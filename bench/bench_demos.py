@@ -16,7 +16,7 @@ flags set, as a user would:
   is the schedule's value at that step; the loss falls; every trained-only file holds exactly
   the trained key set (time_state of every layer, the projector, the conv when on) and the same
   set as every other save; the merged file runs in the `rwkv` package with the logits of this
-  project's RWKV6 (a conv model is run by this project alone) and holds the trained state.
+  project's RWKV (a conv model is run by this project alone) and holds the trained state.
 - ICL (`demo/demo-training-run.sh`), one case per --icl name: the demo's default run. Checked:
   exit 0; the training-loss curve against the `auto` case's (max and mean absolute difference
   at the logged steps); the final val/gap; the .pth in the `rwkv` package (conv 0 only).
@@ -211,7 +211,7 @@ def resume_check(proj_dir: Path, log_text: str, max_steps: int) -> dict:
 
 
 def rwkv_package_agreement(path: Path, tokens: list[int], device: str) -> dict:
-    """This project's RWKV6 and the `rwkv` package on the same official file, both in float32.
+    """This project's RWKV and the `rwkv` package on the same official file, both in float32.
 
     The package prepares some tensors in the file's dtype before casting them (the embedding
     goes through ln0 in bf16 for a bf16 file), which moves its logits by about 3e-3 from its
@@ -222,10 +222,10 @@ def rwkv_package_agreement(path: Path, tokens: list[int], device: str) -> dict:
 
     import torch
 
-    from conrwkv.model import RWKV6
+    from conrwkv.model import RWKV
 
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = RWKV6.from_checkpoint(path, dtype=torch.float32, device=device)
+    model = RWKV.from_checkpoint(path, dtype=torch.float32, device=device)
     with torch.no_grad():
         ours = model(torch.tensor([tokens], device=device))[0][0].float().cpu()
     result = {"ours_finite": bool(torch.isfinite(ours).all())}

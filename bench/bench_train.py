@@ -6,8 +6,8 @@
 LM: one training step = forward + backward + fused AdamW on bf16 weights, random tokens, at
 T = 4096 and 1024; at the shapes of --lm-shapes for every implementation and at each one's
 largest batch that fits (found from the memory of a batch-1 step, then tried downwards).
-Implementations: "ours" (RWKV6 eager, the loss of the project's trainer), "ours-compiled"
-(RWKV6.compile_blocks(), the head + cross-entropy compiled too) and "fla" (fla's
+Implementations: "ours" (RWKV eager, the loss of the project's trainer), "ours-compiled"
+(RWKV.compile_blocks(), the head + cross-entropy compiled too) and "fla" (fla's
 RWKV6ForCausalLM at the same shape, its default fused norms and fused cross-entropy), all with
 random weights. MFU = tokens/s x (6 N + WKV) / the bf16 matrix peak measured in the same run;
 N counts every parameter but the embedding; WKV = 12 x layers x dim_att x head_size per token
@@ -57,7 +57,7 @@ from bench_common import (
 
 # ---------------------------------------------------------------- LM implementations
 class OursLM:
-    """RWKV6 with the loss of the project's LM trainer (cross-entropy on fp32 logits)."""
+    """RWKV with the loss of the project's LM trainer (cross-entropy on fp32 logits)."""
 
     def __init__(self, size: str, device: str):
         self.model = random_rwkv(size, device)

@@ -9,7 +9,7 @@ import torch
 
 from conrwkv.config import TrainConfig
 from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
-from conrwkv.model import RWKV6, ModelConfig
+from conrwkv.model import RWKV, ModelConfig
 
 # The x070 LoRA factors att.w1 .. att.g2, which multiply from the right like x060's *_w1 / *_w2.
 _X070_LORA = re.compile(r"\.att\.[wavg][12]$")
@@ -29,7 +29,7 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 @torch.no_grad()
-def randomize_(model: RWKV6, seed: int = 0) -> RWKV6:
+def randomize_(model: RWKV, seed: int = 0) -> RWKV:
     """Random weights of realistic scale everywhere (the official init zeros whole matrices,
     which would hide mistakes): matrices of unit gain, raw decays in [-3, 0.5], LayerNorm gains
     near 1."""
@@ -49,9 +49,9 @@ def randomize_(model: RWKV6, seed: int = 0) -> RWKV6:
     return model
 
 
-def random_checkpoint(path: Path, seed: int = 0, **config) -> tuple[Path, RWKV6]:
+def random_checkpoint(path: Path, seed: int = 0, **config) -> tuple[Path, RWKV]:
     """Write a random official-format `.pth` and return it with the model that wrote it."""
-    model = randomize_(RWKV6(tiny_config(**config)), seed)
+    model = randomize_(RWKV(tiny_config(**config)), seed)
     model.save_checkpoint(path)
     return path, model
 

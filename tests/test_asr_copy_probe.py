@@ -15,14 +15,14 @@ import torch
 from conrwkv.asr.oracle import OraclePrefix
 from conrwkv.asr.speech_rwkv import SpeechRWKV
 from conrwkv.config import ModelConfig
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
 
 
 def test_a_trained_llm_learns_to_copy_the_prefix():
     torch.manual_seed(0)
-    llm = RWKV6(ModelConfig(vocab_size=65536, n_layer=2, n_embd=64, head_size=16, state_tuning=True))
+    llm = RWKV(ModelConfig(vocab_size=65536, n_layer=2, n_embd=64, head_size=16, state_tuning=True))
     model = SpeechRWKV(None, None, llm, separator_ids=[11], oracle=OraclePrefix(), llm_train="full")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     rng = np.random.default_rng(0)

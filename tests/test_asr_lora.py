@@ -164,14 +164,14 @@ def perturb(model, names: str) -> None:
 
 @pytest.mark.parametrize("llm_train", ["lora", "full"])
 def test_merged_pth_runs_in_the_rwkv_package_as_the_adapted_model(model_dir, tmp_path, llm_train):
-    from conrwkv.model import RWKV6
+    from conrwkv.model import RWKV
 
     rwkv_model = pytest.importorskip("rwkv.model")
     model = tiny_speech_rwkv(model_dir, llm_train=llm_train)
     perturb(model, ".lora_B." if llm_train == "lora" else ".att.key.weight")
     perturb(model, ".time_state")
     path = model.export_merged_llm(tmp_path / "merged.pth")
-    plain = set(RWKV6.from_checkpoint(model_dir / "llm-0.pth", state_tuning=True).state_dict())
+    plain = set(RWKV.from_checkpoint(model_dir / "llm-0.pth", state_tuning=True).state_dict())
     assert set(torch.load(path, weights_only=True)) == plain      # official names, no peft keys
     with torch.no_grad():
         ours, _ = model.llm(torch.tensor([TOKENS]))
@@ -255,7 +255,7 @@ def test_lora_train_then_merge_rebuilds_the_model_from_the_record(tmp_path):
     from conrwkv.config import ModelConfig
     from conrwkv.data.tokenizer import WorldTokenizer
     from conrwkv.io import safe_torch_load
-    from conrwkv.model import RWKV6
+    from conrwkv.model import RWKV
 
     train = make_librispeech(tmp_path, "train-clean-100")
     encoder = make_tiny_encoder(tmp_path / "encoder")
@@ -280,7 +280,7 @@ def test_lora_train_then_merge_rebuilds_the_model_from_the_record(tmp_path):
     assert speech.llm_train == "lora" and speech.llm.blocks[0].att.key.r["default"] == 2
     with torch.no_grad():
         ours, _ = speech.llm(torch.tensor([TOKENS]))
-        theirs, _ = RWKV6.from_checkpoint(merged)(torch.tensor([TOKENS]))
+        theirs, _ = RWKV.from_checkpoint(merged)(torch.tensor([TOKENS]))
     assert (theirs - ours).norm() / ours.norm() < 1e-5
     # and decodes (RNN mode through the adapted layers).
     assert len(run_asr.transcribe(speech, random_audio([0.5, 0.7]), AsrConfig(), WorldTokenizer())) == 2

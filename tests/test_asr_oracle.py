@@ -204,12 +204,12 @@ def test_predict_refuses_the_probe(trained, tmp_path, capsys):
 
 
 def test_merge_writes_the_probe_state_into_the_llm(trained, tmp_path):
-    from conrwkv.model import RWKV6
+    from conrwkv.model import RWKV
 
     train_cfg = TrainConfig(proj_dir=trained["train_cfg"].proj_dir, accelerator="cpu")
     merged = run_asr.merge_asr(ModelConfig(), {}, train_cfg, AsrConfig(merge_out=str(tmp_path / "m.pth")))
     state = safe_torch_load(trained["weights"])["llm.blocks.1.att.time_state"]
-    llm = RWKV6.from_checkpoint(merged["merged"])
+    llm = RWKV.from_checkpoint(merged["merged"])
     torch.testing.assert_close(llm.blocks[1].att.time_state.float(), state)
 
 

@@ -12,7 +12,7 @@ from conrwkv.asr import run as run_asr
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
 from conrwkv.io import safe_torch_load
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_eval_predict_and_merge(setup, tmp_path, capsys):
     assert len(result["texts"]) == len(refs) and "real-time factor" in printed
 
     merged = Path(run_asr.merge_asr(model_cfg, {}, train_cfg, asr)["merged"])
-    llm = RWKV6.from_checkpoint(merged)
+    llm = RWKV.from_checkpoint(merged)
     trained = safe_torch_load(tmp_path / "run" / "asr-step000002.pth")
     assert llm.config.state_tuning
     torch.testing.assert_close(llm.blocks[1].att.time_state.float(),
@@ -130,7 +130,7 @@ def test_eval_predict_and_merge(setup, tmp_path, capsys):
     assert merged.read_bytes() == before
     asr.merge_out = str(tmp_path / "exports" / "mine.pth")
     assert run_asr.merge_asr(model_cfg, {}, train_cfg, asr)["merged"] == asr.merge_out
-    assert RWKV6.from_checkpoint(asr.merge_out).config.state_tuning
+    assert RWKV.from_checkpoint(asr.merge_out).config.state_tuning
 
     # The command line says so in one line, names the flag, and exits 2.
     cli = _train_py()
@@ -164,10 +164,10 @@ def test_missing_inputs_are_clear_errors(setup, tmp_path):
 def test_compile_flag_compiles_the_llm_blocks(setup, tmp_path, monkeypatch):
     # Only the hook is checked here (compiling a variable-length ASR batch on the CPU recompiles
     # per shape and takes a minute); test_lm_training runs a compiled training for real.
-    from conrwkv.model import RWKV6
+    from conrwkv.model import RWKV
 
     compiled = []
-    monkeypatch.setattr(RWKV6, "compile_blocks", lambda model, **options: compiled.append(len(model.blocks)))
+    monkeypatch.setattr(RWKV, "compile_blocks", lambda model, **options: compiled.append(len(model.blocks)))
     model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2, compile=True)
     run_asr.train_asr(model_cfg, {}, train_cfg, asr)
     assert compiled == [2] and (tmp_path / "run" / "asr-step000002.pth").is_file()

@@ -14,7 +14,7 @@ import torch
 from factories import random_checkpoint
 
 from conrwkv.io import atomic_torch_save, safe_torch_load
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("arch", ["x060", "x070"])
 def test_round_trip_keeps_every_tensor_and_the_logits(tmp_path, arch):
     path, model = random_checkpoint(tmp_path / "m.pth", arch=arch, conv_kernel=3, state_tuning=True)
-    loaded = RWKV6.from_checkpoint(path)
+    loaded = RWKV.from_checkpoint(path)
     assert loaded.config == model.config
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
@@ -64,14 +64,14 @@ def test_deepspeed_prefix_is_stripped(tmp_path):
     path, model = random_checkpoint(tmp_path / "m.pth")
     sd = {f"_forward_module.{k}": v for k, v in torch.load(path, weights_only=True).items()}
     torch.save(sd, tmp_path / "ds.pth")
-    loaded = RWKV6.from_checkpoint(tmp_path / "ds.pth")
+    loaded = RWKV.from_checkpoint(tmp_path / "ds.pth")
     idx = torch.randint(0, 97, (1, 5))
     torch.testing.assert_close(loaded(idx)[0], model(idx)[0])
 
 
 def test_base_model_gets_neutral_adapters(tmp_path):
     path, base = random_checkpoint(tmp_path / "m.pth")
-    adapted = RWKV6.from_checkpoint(path, conv_kernel=4, state_tuning=True)
+    adapted = RWKV.from_checkpoint(path, conv_kernel=4, state_tuning=True)
     assert adapted.config.conv_kernel == 4 and adapted.config.state_tuning
     assert torch.all(adapted.blocks[1].att.conv.weight == 0)
     assert torch.all(adapted.blocks[1].att.time_state == 0)
@@ -82,8 +82,8 @@ def test_base_model_gets_neutral_adapters(tmp_path):
 def test_dtype_follows_the_file_unless_asked(tmp_path):
     _, model = random_checkpoint(tmp_path / "m.pth")
     model.save_checkpoint(tmp_path / "bf16.pth", dtype=torch.bfloat16)
-    assert RWKV6.from_checkpoint(tmp_path / "bf16.pth").emb.weight.dtype == torch.bfloat16
-    as_fp32 = RWKV6.from_checkpoint(tmp_path / "bf16.pth", dtype=torch.float32)
+    assert RWKV.from_checkpoint(tmp_path / "bf16.pth").emb.weight.dtype == torch.bfloat16
+    as_fp32 = RWKV.from_checkpoint(tmp_path / "bf16.pth", dtype=torch.float32)
     assert as_fp32.head.weight.dtype == torch.float32
 
 
@@ -91,15 +91,15 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
     path, _ = random_checkpoint(tmp_path / "m.pth")
     expected = r"emb\.weight: checkpoint has \[97, 64\], the model expects \[97, 128\]"
     with pytest.raises(ValueError, match=expected):
-        RWKV6.from_checkpoint(path, n_embd=128)
+        RWKV.from_checkpoint(path, n_embd=128)
     with pytest.raises(ValueError, match="has 2 layers.*n_layer = 24"):
-        RWKV6.from_checkpoint(path, n_layer=24)
+        RWKV.from_checkpoint(path, n_layer=24)
 
 
 def test_conv_kernel_of_another_size_is_refused(tmp_path):
     path, _ = random_checkpoint(tmp_path / "m.pth", conv_kernel=3)
     with pytest.raises(ValueError, match=r"att\.conv\.weight: checkpoint has \[64, 1, 3\]"):
-        RWKV6.from_checkpoint(path, conv_kernel=5)
+        RWKV.from_checkpoint(path, conv_kernel=5)
 
 
 def test_incomplete_rwkv7_and_old_files_are_refused_by_name(tmp_path):
@@ -109,18 +109,18 @@ def test_incomplete_rwkv7_and_old_files_are_refused_by_name(tmp_path):
     v7["blocks.0.att.r_k"] = torch.zeros(4, 16)
     torch.save(v7, tmp_path / "v7.pth")
     with pytest.raises(ValueError, match=r"x070 checkpoint needs blocks\.0\.att\.w1"):
-        RWKV6.from_checkpoint(tmp_path / "v7.pth")
+        RWKV.from_checkpoint(tmp_path / "v7.pth")
     v7_path, _ = random_checkpoint(tmp_path / "v7-full.pth", arch="x070")
     v7 = torch.load(v7_path, weights_only=True)
     del v7["blocks.1.att.k_a"]
     torch.save(v7, tmp_path / "v7-missing.pth")
     with pytest.raises(ValueError, match=r"missing from the checkpoint: \['blocks\.1\.att\.k_a'\]"):
-        RWKV6.from_checkpoint(tmp_path / "v7-missing.pth")
+        RWKV.from_checkpoint(tmp_path / "v7-missing.pth")
     old = {k: v for k, v in sd.items() if "time_maa" not in k and "gate" not in k}
     old["blocks.0.att.time_mix_k"] = torch.zeros(1, 1, 64)
     torch.save(old, tmp_path / "v4.pth")
     with pytest.raises(ValueError, match="older than RWKV-5.2"):
-        RWKV6.from_checkpoint(tmp_path / "v4.pth")
+        RWKV.from_checkpoint(tmp_path / "v4.pth")
 
 
 class Payload:
@@ -140,7 +140,7 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
     torch.save({"emb.weight": torch.zeros(2, 2), "extra": Payload()}, bad)
     with pytest.raises(ValueError, match=r"evil.pth is a PyTorch file that holds Python objects "
                                          r"other than tensors \(print\); it is never loaded"):
-        RWKV6.from_checkpoint(bad)
+        RWKV.from_checkpoint(bad)
     assert "must never run" not in capsys.readouterr().out
 
 
@@ -200,7 +200,7 @@ def test_non_finite_weights_are_refused_where_models_load(tmp_path):
     sd["blocks.0.ffn.value.weight"][0, 0] = float("inf")
     torch.save(sd, tmp_path / "inf.pth")
     with pytest.raises(ValueError, match=r"inf.pth: tensor 'blocks.0.ffn.value.weight' holds non-finite"):
-        RWKV6.from_checkpoint(tmp_path / "inf.pth")
+        RWKV.from_checkpoint(tmp_path / "inf.pth")
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

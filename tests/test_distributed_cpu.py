@@ -12,7 +12,7 @@ from factories import markov_folder
 
 from conrwkv.config import TrainConfig
 from conrwkv.lm.data import LMDataModule
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_ddp_with_two_cpu_processes_trains_and_checkpoints_once(markov_dir, tmp_
     resumable = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert resumable == ["step3.ckpt", "step6.ckpt"]
     assert len(list((tmp_path / "run" / "logs").iterdir())) == 1      # logged by rank 0 only
-    RWKV6.from_checkpoint(tmp_path / "run" / "rwkv-step000006.pth")    # a plain official .pth
+    RWKV.from_checkpoint(tmp_path / "run" / "rwkv-step000006.pth")    # a plain official .pth
 
 
 def test_ddp_asr_with_a_rank_whose_batch_is_all_bad_audio_does_not_hang(tmp_path):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from factories import randomize_, tiny_config
 
-from conrwkv.model import RWKV6, RNNStepper, initial_state
+from conrwkv.model import RWKV, RNNStepper, initial_state
 
 
 def tiny_model(**overrides):
-    return randomize_(RWKV6(tiny_config(**overrides)), seed=1).eval()
+    return randomize_(RWKV(tiny_config(**overrides)), seed=1).eval()
 
 
 @pytest.mark.parametrize("options", [{}, {"conv_kernel": 3, "state_tuning": True}],
@@ -95,7 +95,7 @@ def test_compile_blocks_matches_eager():
 @pytest.mark.parametrize("batch", [1, 5])
 def test_graph_replay_equals_eager_cuda(batch):
     torch.manual_seed(0)
-    model = randomize_(RWKV6(tiny_config(head_size=64, n_embd=128)), seed=2).cuda().bfloat16().eval()
+    model = randomize_(RWKV(tiny_config(head_size=64, n_embd=128)), seed=2).cuda().bfloat16().eval()
     prompt = torch.randint(0, 97, (batch, 9), device="cuda")
     with torch.no_grad():
         logits, state = model(prompt)
@@ -183,7 +183,7 @@ def test_a_cached_graph_reads_weights_changed_in_place_and_is_recaptured_for_new
     by the next replay; a weight given new storage makes the cache capture a new graph."""
     from conrwkv.model import StepperCache
 
-    model = randomize_(RWKV6(tiny_config(head_size=64, n_embd=128)), seed=3).cuda().eval()
+    model = randomize_(RWKV(tiny_config(head_size=64, n_embd=128)), seed=3).cuda().eval()
     prompt = torch.randint(0, 97, (2, 6), device="cuda")
     cache = StepperCache()
 

@@ -12,7 +12,7 @@ from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.eval.fresh_names import new_files, new_folder
 from conrwkv.lm.icl_eval import evaluate_and_plot
 from conrwkv.lm.run import eval_lm
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 SEQ_LEN = 17                       # 16 predictions per chain
 
@@ -25,8 +25,8 @@ def markov_dir(tmp_path_factory):
     return out
 
 
-def tiny_markov_model() -> RWKV6:
-    return randomize_(RWKV6(tiny_config(vocab_size=2, n_layer=1, n_embd=32)), seed=2).eval()
+def tiny_markov_model() -> RWKV:
+    return randomize_(RWKV(tiny_config(vocab_size=2, n_layer=1, n_embd=32)), seed=2).eval()
 
 
 def test_a_rerun_writes_new_files_and_keeps_the_first(markov_dir, tmp_path):

@@ -13,7 +13,7 @@ from factories import markov_folder
 from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.lm.module import LMModule
 from conrwkv.lm.run import eval_lm, train_lm
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 from conrwkv.train.schedule import lr_factor
 from conrwkv.train.step_files import resume_checkpoints
 
@@ -49,7 +49,7 @@ def test_training_lowers_the_loss_and_writes_weights_and_plot(markov_dir, tmp_pa
     column = metrics[0].split(",").index("time/step_seconds")
     seconds = [float(r.split(",")[column]) for r in metrics[1:] if r.split(",")[column]]
     assert len(seconds) == 3 and all(0 < s < 60 for s in seconds)
-    loaded = RWKV6.from_checkpoint(weights)                 # an official-format file
+    loaded = RWKV.from_checkpoint(weights)                 # an official-format file
     assert loaded.config.conv_kernel == 2 and loaded.config.vocab_size == 2
     # --op eval reproduces the same numbers from the saved weights
     again = eval_lm(model_cfg, {}, train_cfg)["icl"]
@@ -140,13 +140,13 @@ def test_icl_sweep_runs_a_tiny_grid_and_resumes(tmp_path):
 
 def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_path, monkeypatch):
     compiled = []
-    original = RWKV6.compile_blocks
+    original = RWKV.compile_blocks
 
     def recording(model, **options):
         compiled.append(len(model.blocks))
         original(model, backend="aot_eager", **options)     # dynamo + autograd, no slow CPU codegen
 
-    monkeypatch.setattr(RWKV6, "compile_blocks", recording)
+    monkeypatch.setattr(RWKV, "compile_blocks", recording)
     # Compiled code is cached per function: what other tests compiled (another backend, other
     # shapes) would otherwise be guarded against and recompiled around, which is slow.
     torch._dynamo.reset()
@@ -154,7 +154,7 @@ def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_
     for name, flag in (("eager", False), ("compiled", True)):
         model_cfg, train_cfg = configs(markov_dir, tmp_path / name, max_steps=4, compile=flag)
         train_lm(model_cfg, {}, train_cfg)
-        weights[name] = RWKV6.from_checkpoint(tmp_path / name / "rwkv-step000004.pth").state_dict()
+        weights[name] = RWKV.from_checkpoint(tmp_path / name / "rwkv-step000004.pth").state_dict()
     assert compiled == [1]
     assert weights["compiled"].keys() == weights["eager"].keys()      # no "_orig_mod." prefixes
     for key, value in weights["eager"].items():

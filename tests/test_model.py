@@ -1,11 +1,11 @@
-"""RWKV6 model (x060, x052, x070): modes agree, options start neutral, initialisation,
+"""RWKV model (x060, x052, x070): modes agree, options start neutral, initialisation,
 configuration checks."""
 
 import pytest
 import torch
 from factories import randomize_, tiny_config
 
-from conrwkv.model import RWKV6, ModelConfig
+from conrwkv.model import RWKV, ModelConfig
 
 
 def rel(a, b):
@@ -23,7 +23,7 @@ def rel(a, b):
     dict(arch="x070", n_layer=1, n_embd=48, head_size=16, state_tuning=True),
 ])
 def test_parallel_equals_rnn_equals_two_halves(options):
-    model = randomize_(RWKV6(tiny_config(**options))).eval()
+    model = randomize_(RWKV(tiny_config(**options))).eval()
     idx = torch.randint(0, 97, (2, 45))
     with torch.no_grad():
         full, state_full = model(idx)
@@ -45,8 +45,8 @@ def test_parallel_equals_rnn_equals_two_halves(options):
 
 @pytest.mark.parametrize("arch", ["x060", "x070"])
 def test_conv_at_init_and_zero_time_state_leave_logits_unchanged(arch):
-    base = randomize_(RWKV6(tiny_config(arch=arch)))
-    adapted = RWKV6(tiny_config(arch=arch, conv_kernel=4, state_tuning=True))
+    base = randomize_(RWKV(tiny_config(arch=arch)))
+    adapted = RWKV(tiny_config(arch=arch, conv_kernel=4, state_tuning=True))
     missing, unexpected = adapted.load_state_dict(base.state_dict(), strict=False)
     assert unexpected == [] and all(k.endswith(("conv.weight", "conv.bias", "time_state")) for k in missing)
     adapted.blocks[0].att.init_adapters()
@@ -57,7 +57,7 @@ def test_conv_at_init_and_zero_time_state_leave_logits_unchanged(arch):
 
 @pytest.mark.parametrize("arch", ["x060", "x070"])
 def test_trained_state_and_conv_change_the_output(arch):
-    model = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=3, state_tuning=True)))
+    model = randomize_(RWKV(tiny_config(arch=arch, conv_kernel=3, state_tuning=True)))
     idx = torch.randint(0, 97, (1, 10))
     before = model(idx)[0]
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_trained_state_and_conv_change_the_output(arch):
 
 @pytest.mark.parametrize("arch", ["x060", "x070"])
 def test_gradients_reach_time_state_and_conv(arch):
-    model = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=3, state_tuning=True)))
+    model = randomize_(RWKV(tiny_config(arch=arch, conv_kernel=3, state_tuning=True)))
     model(torch.randint(0, 97, (2, 12)))[0].square().mean().backward()
     for block in model.blocks:
         assert block.att.time_state.grad.abs().sum() > 0
@@ -82,7 +82,7 @@ def test_gradients_reach_time_state_and_conv(arch):
 def test_init_from_scratch_single_layer_starts_as_the_identity(arch):
     # The official init zeros att.output and ffn.value, so every block adds nothing at first.
     config = ModelConfig(vocab_size=50, n_layer=1, n_embd=32, head_size=16, arch=arch)
-    model = RWKV6(config)
+    model = RWKV(config)
     idx = torch.randint(0, 50, (2, 16))
     hidden, _ = model.forward_hidden(idx)
     expected = model.ln_out(model.blocks[0].ln0(model.emb(idx)))
@@ -91,7 +91,7 @@ def test_init_from_scratch_single_layer_starts_as_the_identity(arch):
 
 
 def test_init_follows_the_official_formulas():
-    model = RWKV6(ModelConfig(vocab_size=50, n_layer=3, n_embd=64, head_size=16))
+    model = RWKV(ModelConfig(vocab_size=50, n_layer=3, n_embd=64, head_size=16))
     att = model.blocks[2].att                      # last layer: r0 = 1, r1 = 1/3
     n = torch.arange(64.0)
     torch.testing.assert_close(att.time_decay.flatten(), -6 + 5 * (n / 63) ** 2.0)
@@ -101,7 +101,7 @@ def test_init_follows_the_official_formulas():
 
 
 def test_x070_init_follows_rwkv_lm():
-    model = RWKV6(ModelConfig(vocab_size=50, n_layer=3, n_embd=64, head_size=16, arch="x070"))
+    model = RWKV(ModelConfig(vocab_size=50, n_layer=3, n_embd=64, head_size=16, arch="x070"))
     att, ffn = model.blocks[2].att, model.blocks[2].ffn       # last layer: r0 = 1, r1 = 1/3
     n = torch.arange(64.0)
     linear = n / 63 - 0.5
@@ -129,8 +129,8 @@ def test_x070_config_derives_the_official_ranks():
 @pytest.mark.parametrize("arch", ["x060", "x070"])
 def test_gradient_checkpointing_gives_the_same_gradients(arch):
     torch.manual_seed(1)
-    a = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=2)))
-    b = randomize_(RWKV6(tiny_config(arch=arch, conv_kernel=2, grad_cp=True)))
+    a = randomize_(RWKV(tiny_config(arch=arch, conv_kernel=2)))
+    b = randomize_(RWKV(tiny_config(arch=arch, conv_kernel=2, grad_cp=True)))
     idx = torch.randint(0, 97, (2, 20))
     for m in (a, b):
         m.train()
@@ -140,13 +140,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
 
 
 def test_embeddings_input_equals_token_input():
-    model = randomize_(RWKV6(tiny_config()))
+    model = randomize_(RWKV(tiny_config()))
     idx = torch.randint(0, 97, (2, 9))
     torch.testing.assert_close(model(model.emb(idx))[0], model(idx)[0])
 
 
 def test_bad_inputs_are_refused():
-    model = RWKV6(tiny_config())
+    model = RWKV(tiny_config())
     with pytest.raises(ValueError, match="embeddings"):
         model(torch.randn(2, 5, 7))
     with pytest.raises(ValueError, match="token ids"):

@@ -1,7 +1,7 @@
 """Parity of x070 with the outside world: the `rwkv` package's RWKV_x070 runs the same files.
 
 Random official-format RWKV-7 checkpoints (odd sizes, every norm and LoRA non-trivial, with and
-without a trained time_state) are written by the test and loaded by `RWKV6.from_checkpoint` and
+without a trained time_state) are written by the test and loaded by `RWKV.from_checkpoint` and
 by `rwkv.model.RWKV_x070(path without .pth, "cpu fp32")`. The package defines RWKV_x070 only
 when RWKV_V7_ON=1 is set before `rwkv.model` is imported, and that switch also changes how the
 module builds its RWKV-4/5/6 class, which test_parity_rwkv_package.py imports without it: so the
@@ -16,7 +16,7 @@ import pytest
 import torch
 from factories import random_checkpoint
 
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 pytest.importorskip("rwkv")
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -70,7 +70,7 @@ def test_logits_and_states_match_the_package(tmp_path, state_tuning, n_embd, hea
     path, _ = random_checkpoint(tmp_path / "model.pth", seed=5, arch="x070", n_layer=3,
                                 n_embd=n_embd, head_size=head_size, state_tuning=state_tuning,
                                 w_rank=24, a_rank=16, v_rank=8, g_rank=40)
-    ours = RWKV6.from_checkpoint(path).eval()
+    ours = RWKV.from_checkpoint(path).eval()
     cfg = ours.config
     assert (cfg.arch, cfg.head_size, cfg.state_tuning) == ("x070", head_size, state_tuning)
     assert (cfg.w_rank, cfg.a_rank, cfg.v_rank, cfg.g_rank, cfg.dim_ffn) == (24, 16, 8, 40, 4 * n_embd)

@@ -2,7 +2,7 @@
 
 Random official checkpoints (RWKV-6 and RWKV-5.2, with and without a trained time_state) are
 written by the test, loaded by `rwkv.model.RWKV(path, strategy="cpu fp32")` and by
-`RWKV6.from_checkpoint`, and must give the same logits in sequence and RNN mode and the same
+`RWKV.from_checkpoint`, and must give the same logits in sequence and RNN mode and the same
 recurrent state after the prompt.
 """
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from factories import random_checkpoint
 
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 rwkv_model = pytest.importorskip("rwkv.model")
 
@@ -24,7 +24,7 @@ def rel(a, b):
 def pair(request, tmp_path):
     arch, state_tuning = request.param
     path, _ = random_checkpoint(tmp_path / "model.pth", seed=3, arch=arch, state_tuning=state_tuning)
-    ours = RWKV6.from_checkpoint(path).eval()
+    ours = RWKV.from_checkpoint(path).eval()
     assert ours.config.arch == arch and ours.config.state_tuning == state_tuning
     reference = rwkv_model.RWKV(str(path), strategy="cpu fp32", verbose=False)
     return ours, reference

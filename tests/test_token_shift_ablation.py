@@ -17,15 +17,15 @@ from conrwkv.config import ModelConfig, TrainConfig
 from conrwkv.data.markov import MarkovDataParams, write_markov_dataset
 from conrwkv.lm.icl_eval import evaluate_and_plot
 from conrwkv.lm.run import eval_lm, trained_token_shift
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-def pair(**overrides) -> tuple[RWKV6, RWKV6]:
+def pair(**overrides) -> tuple[RWKV, RWKV]:
     """The same random weights with and without the token shift."""
-    shifted = randomize_(RWKV6(tiny_config(**overrides)), seed=1).eval()
-    plain = RWKV6(tiny_config(token_shift=False, **overrides)).eval()
+    shifted = randomize_(RWKV(tiny_config(**overrides)), seed=1).eval()
+    plain = RWKV(tiny_config(token_shift=False, **overrides)).eval()
     plain.load_state_dict(shifted.state_dict())
     return shifted, plain
 
@@ -79,17 +79,17 @@ def test_the_flag_reaches_the_model_the_record_and_eval(tmp_path, capsys):
     # of random weights (where the shift matters) with that record:
     scored = tmp_path / "scored"
     scored.mkdir()
-    randomize_(RWKV6(tiny_config(vocab_size=2, n_layer=1, n_embd=32)), seed=2).save_checkpoint(
+    randomize_(RWKV(tiny_config(vocab_size=2, n_layer=1, n_embd=32)), seed=2).save_checkpoint(
         scored / "rwkv-step000003.pth")
     (scored / "rwkv-step000003.json").write_text(weights.with_suffix(".json").read_text())
     train_cfg = TrainConfig(proj_dir=str(scored), data_file=str(markov), ctx_len=16, micro_bsz=4,
                             accelerator="cpu")
     evaluated = eval_lm(ModelConfig(), {}, train_cfg)["icl"]["loss"]
     losses = {shift: evaluate_and_plot(
-        RWKV6.from_checkpoint(scored / "rwkv-step000003.pth", dtype=torch.float32, token_shift=shift),
+        RWKV.from_checkpoint(scored / "rwkv-step000003.pth", dtype=torch.float32, token_shift=shift),
         markov, 16, tmp_path / f"{shift}.pth", batch_size=32)["loss"] for shift in (True, False)}
     assert evaluated == pytest.approx(losses[False], abs=1e-6)
     assert abs(losses[True] - losses[False]) > 1e-4
     official = tmp_path / "official.pth"
-    RWKV6.from_checkpoint(weights).save_checkpoint(official)   # no record beside it: shift on
+    RWKV.from_checkpoint(weights).save_checkpoint(official)   # no record beside it: shift on
     assert trained_token_shift(official) is True

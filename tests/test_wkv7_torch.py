@@ -12,7 +12,7 @@ from factories import assert_matches_reference, rel
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from conrwkv.config import ModelConfig
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 from conrwkv.ops import wkv7, wkv7_chunked, wkv7_sequential
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -240,7 +240,7 @@ def test_torch_compile_fullgraph_runs_on_the_cpu_and_matches_eager():
 def test_vmap_of_grad_trains_several_x070_models_as_one_computation():
     config = ModelConfig(vocab_size=2, n_layer=1, n_embd=64, head_size=16, conv_kernel=3, arch="x070",
                          wkv_backend="torch")
-    models = [RWKV6(config) for _ in range(MODELS)]
+    models = [RWKV(config) for _ in range(MODELS)]
     with torch.no_grad():                  # off the init, where zero weights hide most gradients
         for model in models:
             for p in model.parameters():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conrwkv.config import ModelConfig
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 from conrwkv.ops import torch_backend_through_ops, wkv6, wkv6_chunked, wkv7, wkv7_chunked
 from conrwkv.ops.wkv_op import wkv6_op, wkv7_op
 
@@ -138,7 +138,7 @@ def test_dispatch_keeps_the_torch_backend_plain_code_outside_the_switch(monkeypa
 
 def small_model(arch, **options):
     torch.manual_seed(0)
-    model = RWKV6(ModelConfig(vocab_size=11, n_layer=2, n_embd=32, head_size=16, conv_kernel=3,
+    model = RWKV(ModelConfig(vocab_size=11, n_layer=2, n_embd=32, head_size=16, conv_kernel=3,
                               arch=arch, wkv_backend="torch", **options))
     with torch.no_grad():      # away from the neutral init, so every parameter gets a gradient
         for p in model.parameters():
@@ -228,7 +228,7 @@ def test_opcheck_wkv6_on_cuda(state):
 @pytest.mark.cuda
 def test_whole_model_on_the_cuda_kernels_compiles_fullgraph_and_equals_eager():
     torch.manual_seed(0)
-    model = RWKV6(ModelConfig(vocab_size=11, n_layer=2, n_embd=128, head_size=64, conv_kernel=3,
+    model = RWKV(ModelConfig(vocab_size=11, n_layer=2, n_embd=128, head_size=64, conv_kernel=3,
                               wkv_backend="cuda", state_tuning=True)).cuda()
     with torch.no_grad():
         for p in model.parameters():

@@ -17,7 +17,7 @@ from conrwkv.asr import run as run_asr
 from conrwkv.asr.tiny_models import make_tiny_encoder, make_tiny_llm
 from conrwkv.config import AsrConfig, ModelConfig, TrainConfig
 from conrwkv.io import safe_torch_load
-from conrwkv.model import RWKV6
+from conrwkv.model import RWKV
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -42,7 +42,7 @@ def test_train_py_trains_x070_from_scratch_and_evaluates_in_context_learning(tmp
     weights = tmp_path / "run" / "rwkv-step000040.pth"
     icl = json.loads(weights.with_name("rwkv-step000040-icl.json").read_text())
     assert icl["loss"] < 0.62 < 0.693                      # uniform guessing costs ln 2
-    loaded = RWKV6.from_checkpoint(weights)
+    loaded = RWKV.from_checkpoint(weights)
     assert (loaded.config.arch, loaded.config.conv_kernel, loaded.config.n_layer) == ("x070", 2, 2)
     assert "blocks.1.att.v1" in safe_torch_load(weights)   # official x070 keys
 
@@ -77,7 +77,7 @@ def configs(setup, proj, **asr):
 
 
 def test_the_tiny_llm_is_an_official_x070_file(setup):
-    config = RWKV6.config_from_checkpoint(setup["llm"])
+    config = RWKV.config_from_checkpoint(setup["llm"])
     assert (config.arch, config.n_layer, config.n_embd, config.head_size) == ("x070", 2, 32, 16)
 
 
@@ -89,8 +89,8 @@ def test_tiny_models_writes_an_rwkv7_beside_the_rwkv6(tmp_path):
     for arch in ("x070", "x060"):
         argv = ["--out", str(tmp_path), "--arch", arch, "--n_layer", "1", "--n_embd", "32"]
         assert tiny_models.main(argv) == 0
-    assert RWKV6.config_from_checkpoint(tmp_path / "rwkv7-tiny.pth").arch == "x070"
-    assert RWKV6.config_from_checkpoint(tmp_path / "rwkv-tiny.pth").arch == "x060"
+    assert RWKV.config_from_checkpoint(tmp_path / "rwkv7-tiny.pth").arch == "x070"
+    assert RWKV.config_from_checkpoint(tmp_path / "rwkv-tiny.pth").arch == "x060"
 
 
 def package_logits(tmp_path, path: Path) -> torch.Tensor:
@@ -119,17 +119,17 @@ def test_state_tuning_trains_evaluates_and_merges_an_x070_file(setup, tmp_path, 
 
     merged = Path(run_asr.merge_asr(ModelConfig(), {}, TrainConfig(proj_dir=str(tmp_path / "run")),
                                     AsrConfig())["merged"])
-    llm = RWKV6.from_checkpoint(merged)
+    llm = RWKV.from_checkpoint(merged)
     assert (llm.config.arch, llm.config.state_tuning, llm.config.conv_kernel) == ("x070", True, conv)
     torch.testing.assert_close(llm.blocks[1].att.time_state.float(), trained["llm.blocks.1.att.time_state"])
     if conv:
-        # A conv file runs in this project's RWKV6 only; the trained conv is in it.
+        # A conv file runs in this project's RWKV only; the trained conv is in it.
         torch.testing.assert_close(llm.blocks[0].att.conv.weight.float(),
                                    trained["llm.blocks.0.att.conv.weight"])
         return
     with torch.no_grad():
         ours, _ = llm(torch.tensor([TOKENS]))
-        untuned, _ = RWKV6.from_checkpoint(setup["llm"])(torch.tensor([TOKENS]))
+        untuned, _ = RWKV.from_checkpoint(setup["llm"])(torch.tensor([TOKENS]))
     theirs = package_logits(tmp_path, merged)
     assert (theirs - ours[0]).norm() / ours[0].norm() < 1e-4
     assert (untuned - ours).norm() / ours.norm() > 1e-3           # the trained state matters

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..config import AsrConfig
 from ..data.speech.audio import SAMPLE_RATE
-from ..model import RWKV6, LayerState, RNNStepper, RWKVState, StepperCache
+from ..model import RWKV, LayerState, RNNStepper, RWKVState, StepperCache
 from .speech_rwkv import SpeechRWKV
 
 
@@ -56,7 +56,7 @@ def stack_states(states: list[RWKVState]) -> RWKVState:
                      for layers in zip(*states))
 
 
-def run_prefixes(llm: RWKV6, prefixes: list[Tensor]) -> tuple[Tensor, RWKVState]:
+def run_prefixes(llm: RWKV, prefixes: list[Tensor]) -> tuple[Tensor, RWKVState]:
     """Run each [T_i, C] prefix from the initial state at its own length.
 
     Returns the fp32 logits at each prefix's last position [B, V] and the states after them,
@@ -102,7 +102,7 @@ def _inference(model: SpeechRWKV):
         model.train(was_training)
 
 
-def _step(llm: RWKV6, tokens: list[int], state: RWKVState) -> tuple[Tensor, RWKVState]:
+def _step(llm: RWKV, tokens: list[int], state: RWKVState) -> tuple[Tensor, RWKVState]:
     """Feed one token per row; return the fp32 next-token logits [R, V] and the new state."""
     ids = torch.tensor(tokens, dtype=torch.long, device=llm.emb.weight.device)[:, None]
     logits, state = llm(ids, state)

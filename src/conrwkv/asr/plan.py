@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import AsrConfig, ModelConfig, TrainConfig
 from ..io import read_json
-from ..model import RWKV6
+from ..model import RWKV
 from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
@@ -30,7 +30,7 @@ def llm_config(model_given: dict, train_cfg: TrainConfig) -> ModelConfig:
     """The LLM a speech run builds: read off --load_model, state tuning on, the options applied."""
     if not train_cfg.load_model:
         raise ValueError("--load_model is required: the RWKV World .pth to state-tune")
-    return RWKV6.config_from_checkpoint(train_cfg.load_model, state_tuning=True, **model_given)
+    return RWKV.config_from_checkpoint(train_cfg.load_model, state_tuning=True, **model_given)
 
 
 def trained_weights(train_cfg: TrainConfig, asr_cfg: AsrConfig) -> Path:

@@ -274,6 +274,6 @@ def merge_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
     speech.export_merged_llm(target)
     note = ("runs in the rwkv package as a state-tuned model" if not speech.llm.config.conv_kernel
-            else "has Con-RWKV conv keys: runs in this project's RWKV6 only")
+            else "has Con-RWKV conv keys: runs in this project's RWKV only")
     print(f"wrote {target} ({note})")
     return {"merged": str(target), "from": str(weights)}

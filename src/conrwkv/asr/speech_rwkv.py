@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..config import LLM_TRAIN, LORA_TARGETS, AsrConfig
 from ..data.tokenizer import END_OF_TEXT
 from ..io import atomic_torch_save
-from ..model import RWKV6
+from ..model import RWKV
 from ..model.official_format import ADAPTER_SUFFIXES
 from .encoder import SpeechEncoder
 from .oracle import OraclePrefix
@@ -41,7 +41,7 @@ from .projector import Projector
 
 
 class SpeechRWKV(nn.Module):
-    def __init__(self, encoder: SpeechEncoder | None, projector: Projector | None, llm: RWKV6,
+    def __init__(self, encoder: SpeechEncoder | None, projector: Projector | None, llm: RWKV,
                  separator_ids: list[int], eot_id: int = END_OF_TEXT, train_state: bool = True, *,
                  llm_train: str = "frozen", lora_rank: int = 8, lora_alpha: int = 16,
                  lora_dropout: float = 0.0, lora_targets: tuple[str, ...] = LORA_TARGETS,
@@ -57,7 +57,7 @@ class SpeechRWKV(nn.Module):
         super().__init__()
         if not llm.config.state_tuning:
             raise ValueError("SpeechRWKV: the LLM has no time_state; build it with state_tuning=True "
-                             "(RWKV6.from_checkpoint(path, state_tuning=True))")
+                             "(RWKV.from_checkpoint(path, state_tuning=True))")
         n_embd, vocab = llm.config.n_embd, llm.config.vocab_size
         if oracle is not None:
             if encoder is not None or projector is not None:
@@ -117,7 +117,7 @@ class SpeechRWKV(nn.Module):
         oracle = OraclePrefix.from_config(asr)     # a bad --oracle_* fails before the LLM loads
         if conv_kernel:
             llm_options["conv_kernel"] = conv_kernel
-        llm = RWKV6.from_checkpoint(llm_path, dtype=llm_dtype, device=device, state_tuning=True,
+        llm = RWKV.from_checkpoint(llm_path, dtype=llm_dtype, device=device, state_tuning=True,
                                     **shape, **llm_options)
         encoder = projector = None                 # the oracle reads no speech: nothing to load
         if oracle is None:
@@ -253,7 +253,7 @@ class SpeechRWKV(nn.Module):
         (FileExistsError).
 
         Without a conv the `rwkv` package runs it as a (state-tuned) World model; a conv file
-        runs in this project's RWKV6 only. `dtype` None keeps every tensor's own dtype (frozen
+        runs in this project's RWKV only. `dtype` None keeps every tensor's own dtype (frozen
         weights as loaded, trained tensors in fp32)."""
         path = Path(path)
         exists = f"{path} exists; choose another name (an existing file is never overwritten)"

@@ -22,7 +22,7 @@ import torch
 
 from ..config import ModelConfig
 from ..data.speech.audio import SAMPLE_RATE
-from ..model import RWKV6
+from ..model import RWKV
 
 TINY_ENCODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                     conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
@@ -48,7 +48,7 @@ def make_tiny_llm(path: str | Path, n_layer: int = 2, n_embd: int = 64, seed: in
     is x060 (RWKV-6) or x070 (RWKV-7, whose channel mix has no receptance)."""
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        model = RWKV6(ModelConfig(vocab_size=65536, n_layer=n_layer, n_embd=n_embd, head_size=16, arch=arch))
+        model = RWKV(ModelConfig(vocab_size=65536, n_layer=n_layer, n_embd=n_embd, head_size=16, arch=arch))
         for block in model.blocks:
             for linear in (block.att.output, block.ffn.value, getattr(block.ffn, "receptance", None)):
                 if linear is not None:

@@ -51,7 +51,7 @@ from ..data.accumulation import WINDOW_TARGETS
 from ..data.binidx import BinidxReader
 from ..data.sampling import DocumentDataset
 from ..io import atomic_json_save, atomic_torch_save, read_json
-from ..model import RWKV6
+from ..model import RWKV
 from ..train.resume import ProjDirLock, check_run_settings, record_run_settings, remove_stale_temporaries
 from ..train.schedule import lr_factor
 from ..train.step_files import resume_checkpoints, resume_path, weights_path
@@ -191,7 +191,7 @@ class Ensemble:
         models = []
         for seed in seeds:
             torch.manual_seed(seed)                 # as train_lm seeds before building the model
-            models.append(RWKV6(model_cfg))
+            models.append(RWKV(model_cfg))
         self.config = model_cfg
         self.params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
                        .to(device).requires_grad_(True) for name, _ in models[0].named_parameters()}
@@ -211,8 +211,8 @@ class Ensemble:
         """idx [M, B, T] -> logits [M, B, T, V], member m through its own weights."""
         return self._forward(self.params, self.buffers, idx)
 
-    def member_model(self, i: int) -> RWKV6:
-        model = RWKV6(self.config, init=False)
+    def member_model(self, i: int) -> RWKV:
+        model = RWKV(self.config, init=False)
         model.load_state_dict({**{n: p[i].detach().float().cpu() for n, p in self.params.items()},
                                **{n: b[i].cpu() for n, b in self.buffers.items()}})
         return model

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..config import ModelConfig, TrainConfig
 from ..data.accumulation import WINDOW_TARGETS, window_loss
-from ..model import RWKV6
+from ..model import RWKV
 from ..train.optim import build_optimizer
 
 
@@ -28,7 +28,7 @@ def masked_token_losses(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 class LMModule(L.LightningModule):
-    def __init__(self, model: RWKV6, train_config: TrainConfig,
+    def __init__(self, model: RWKV, train_config: TrainConfig,
                  bayes_by_sequence: np.ndarray | None = None):
         """bayes_by_sequence: [n_val, seq_len - 1] Bayes-optimal loss of each validation
         document at each predicted position (from a datanew.py folder), or None."""

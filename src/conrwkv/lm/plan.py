@@ -15,7 +15,7 @@ from ..data.binidx import BinidxReader
 from ..data.markov import META_KEYS
 from ..data.sampling import magic_prime
 from ..io import read_json
-from ..model import RWKV6
+from ..model import RWKV
 from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
@@ -63,7 +63,7 @@ def model_config(model_cfg: ModelConfig, model_given: dict, weights: str) -> Mod
     file with the typed flags checked against it or applied (what --dry_run prints)."""
     if not weights:
         return model_cfg
-    return RWKV6.config_from_checkpoint(weights, **model_given)
+    return RWKV.config_from_checkpoint(weights, **model_given)
 
 
 def weights_to_evaluate(train_cfg: TrainConfig) -> Path:

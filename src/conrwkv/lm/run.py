@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..io import read_json
-from ..model import RWKV6
+from ..model import RWKV
 from ..train.batch_size import effective_batch
 from ..train.hardware import Hardware
 from ..train.step_files import latest_weights
@@ -29,12 +29,12 @@ from .plan import WEIGHTS_NAME, resolve_lm_data, weights_to_evaluate
 log = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: ModelConfig, model_given: dict, weights: str) -> RWKV6:
+def build_model(model_cfg: ModelConfig, model_given: dict, weights: str) -> RWKV:
     """From scratch (official init), or from an official .pth whose shape wins over defaults;
     shape flags that were typed are checked against the file."""
     if not weights:
-        return RWKV6(model_cfg)
-    return RWKV6.from_checkpoint(weights, dtype=torch.float32, **model_given)
+        return RWKV(model_cfg)
+    return RWKV.from_checkpoint(weights, dtype=torch.float32, **model_given)
 
 
 def trained_token_shift(weights: Path) -> bool:

@@ -2,9 +2,9 @@
 
 from ..config import ModelConfig
 from .graph_step import RNNStepper, initial_state
-from .rwkv6 import RWKV6
+from .rwkv import RWKV
 from .state import LayerState, RWKVState
 from .stepper_cache import StepperCache
 
-__all__ = ["LayerState", "ModelConfig", "RNNStepper", "RWKV6", "RWKVState", "StepperCache",
+__all__ = ["LayerState", "ModelConfig", "RNNStepper", "RWKV", "RWKVState", "StepperCache",
            "initial_state"]

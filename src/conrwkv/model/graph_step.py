@@ -1,4 +1,4 @@
-"""RNN-mode decoding of an RWKV6 at a fixed batch size, replayed from a CUDA graph.
+"""RNN-mode decoding of an RWKV at a fixed batch size, replayed from a CUDA graph.
 
 A one-token step of a 24-layer model launches a few hundred small kernels. Launched one by one
 from Python, the host is the bottleneck at small batches (the GPU waits between kernels); a
@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .rwkv6 import RWKV6
+from .rwkv import RWKV
 from .state import LayerState, RWKVState
 
 
-def initial_state(model: RWKV6, batch_size: int) -> RWKVState:
+def initial_state(model: RWKV, batch_size: int) -> RWKVState:
     """The state the model starts from: zero shifts (and conv cache), the trained initial WKV
     state where the model has one, zeros otherwise. Equivalent to passing state=None."""
     cfg = model.config
@@ -51,7 +51,7 @@ def _copy_state(target: RWKVState, source: RWKVState) -> None:
 
 
 class RNNStepper:
-    def __init__(self, model: RWKV6, batch_size: int, use_graph: bool | None = None, warmup: int = 2):
+    def __init__(self, model: RWKV, batch_size: int, use_graph: bool | None = None, warmup: int = 2):
         """Prepare the buffers and, when `use_graph` (default: the model is on a CUDA device),
         capture the step. `warmup` eager steps run first on a side stream, as graph capture
         needs (lazy initialisation, the WKV extension's first load, cuBLAS workspaces)."""

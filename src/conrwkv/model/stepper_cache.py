@@ -20,10 +20,10 @@ from __future__ import annotations
 import itertools
 
 from .graph_step import RNNStepper
-from .rwkv6 import RWKV6
+from .rwkv import RWKV
 
 
-def _storage_key(model: RWKV6) -> tuple:
+def _storage_key(model: RWKV) -> tuple:
     """What a captured graph depends on besides the values: where and how each tensor is stored."""
     return tuple((t.data_ptr(), t.dtype, t.device, tuple(t.shape))
                  for t in itertools.chain(model.parameters(), model.buffers()))
@@ -33,9 +33,9 @@ class StepperCache:
     def __init__(self):
         # (id(model), batch_size) -> (model, storage key, stepper). The entry holds the model, so
         # its id cannot be reused by another object while the entry exists.
-        self._entries: dict[tuple[int, int], tuple[RWKV6, tuple, RNNStepper]] = {}
+        self._entries: dict[tuple[int, int], tuple[RWKV, tuple, RNNStepper]] = {}
 
-    def get(self, model: RWKV6, batch_size: int) -> RNNStepper:
+    def get(self, model: RWKV, batch_size: int) -> RNNStepper:
         """The stepper for `model` at `batch_size`: the cached one while the model's tensors keep
         their storage, a newly built (and, on a GPU, newly captured) one otherwise."""
         key = _storage_key(model)

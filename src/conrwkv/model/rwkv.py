@@ -2,7 +2,7 @@
 causal convolution and a trainable initial state, loading and saving official `.pth` files.
 The same class runs RWKV-5.2 (x052) and RWKV-7 (x070) blocks, chosen by `ModelConfig.arch`.
 
-    model = RWKV6.from_checkpoint("RWKV-x060-World-1B6.pth")   # shape inferred from the keys
+    model = RWKV.from_checkpoint("RWKV-x060-World-1B6.pth")   # shape inferred from the keys
     logits, state = model(idx)                                 # idx [B, T] -> logits [B, T, V]
     logits, state = model(idx, state=state)                    # continue from a state
 
@@ -57,7 +57,7 @@ class Block(nn.Module):
         return x + ffn_out, LayerState(att_shift, wkv, ffn_shift, conv), v_first
 
 
-class RWKV6(nn.Module):
+class RWKV(nn.Module):
     def __init__(self, config: ModelConfig, init: bool = True):
         """Build the model; `init=False` leaves weights uninitialised (for loading)."""
         super().__init__()
@@ -138,7 +138,7 @@ class RWKV6(nn.Module):
     # ---------------------------------------------------------------- official .pth files
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu", **overrides) -> RWKV6:
+                        device: str | torch.device = "cpu", **overrides) -> RWKV:
         """Load an official RWKV-7, RWKV-6 or RWKV-5.2 `.pth`; its shape is read off the keys.
 
         `overrides` are ModelConfig fields. Options (conv_kernel, state_tuning, wkv_backend,
