@@ -7,7 +7,9 @@ shape as one batched computation) against one train.py process per run, in run-s
 
 1. Steps: the batched step alone, in one process, for groups of M members (the sweep's shape:
    n_embd 64, head size 16, 32 chains of 512 predictions, depth 1 and 2, conv kernel 4, bf16 on
-   a GPU), after warm-up steps: group steps/s, run-steps/s = M x that, and the memory peak.
+   a GPU), eager and (GPU) replayed from a CUDA graph, after warm-up steps: group steps/s,
+   run-steps/s = M x that, the memory peak, and how far the graph's losses are from the eager
+   run's (the same members from the same start, so they should agree to bf16 rounding).
 2. Sweeps end to end (data made beforehand; each process's start, data loading and final ICL
    evaluation included): the same runs by `conrwkv.lm.sweep --engine process --parallel P` (how
    the 2026-11-24 sweep ran) and by `--engine ensemble`; run-steps/s = runs x steps / wall time.
@@ -35,7 +37,7 @@ from conrwkv.lm.ensemble import GroupTrainer  # noqa: E402
 
 
 def step_rates(root: Path, device: str, sizes: list[int], depths: list[int], steps: int, warmup: int,
-               common: list[str]) -> list[dict]:
+               common: list[str], modes: tuple[bool, ...] = (False,)) -> list[dict]:
     args = icl_sweep.parse_args([*common, "--out", str(root / "steps")])
     params = MarkovDataParams(order=2, seq_len=args.seq_len, n_train=args.n_train, n_val=64, seed=0)
     data = {2: params.default_folder(root / "steps" / "data")}
@@ -43,28 +45,37 @@ def step_rates(root: Path, device: str, sizes: list[int], depths: list[int], ste
     rows = []
     for depth in depths:
         for members in sizes:
-            spec = icl_sweep.group_spec(args, data, kernel=4, depth=depth,
-                                        runs=[(2, seed) for seed in range(members)])
-            spec = dataclasses.replace(spec, eval_chains=32)
-            trainer = GroupTrainer(spec)
-            for _ in range(warmup):
-                trainer.train_step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            for _ in range(steps):
-                losses = trainer.train_step()
-            losses.tolist()                    # waits for the last step
-            seconds = time.perf_counter() - start
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-            rows.append({"depth": depth, "members": members, "group_steps_s": steps / seconds,
-                         "run_steps_s": members * steps / seconds, "peak_gib": peak})
-            log(f"steps: depth {depth}, {members} members: {steps / seconds:.1f} group steps/s, "
-                f"{members * steps / seconds:.0f} run-steps/s, peak {peak:.2f} GiB")
-            del trainer
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            losses_by_mode = {}
+            for graphs in modes:
+                spec = icl_sweep.group_spec(args, data, kernel=4, depth=depth,
+                                            runs=[(2, seed) for seed in range(members)])
+                spec = dataclasses.replace(spec, eval_chains=32, cuda_graphs=graphs)
+                trainer = GroupTrainer(spec)
+                first = time.perf_counter()
+                losses = [trainer.train_step() for _ in range(warmup)]   # a graph is captured here
+                torch.stack(losses).tolist()
+                warmup_s = time.perf_counter() - first
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                for _ in range(steps):
+                    losses.append(trainer.train_step())
+                trajectory = torch.stack(losses).float()
+                trajectory.tolist()                    # waits for the last step
+                seconds = time.perf_counter() - start
+                losses_by_mode[graphs] = trajectory
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+                differs = (float((trajectory - losses_by_mode[False]).abs().max())
+                           if graphs and False in losses_by_mode else float("nan"))
+                rows.append({"depth": depth, "members": members, "graphs": graphs,
+                             "group_steps_s": steps / seconds, "run_steps_s": members * steps / seconds,
+                             "peak_gib": peak, "warmup_s": warmup_s, "loss_diff_vs_eager": differs})
+                log(f"steps: depth {depth}, {members} members, graphs {graphs}: {steps / seconds:.1f} "
+                    f"group steps/s, {members * steps / seconds:.0f} run-steps/s, peak {peak:.2f} GiB, "
+                    f"first {warmup} steps {warmup_s:.1f} s, loss vs eager {differs:.2e}")
+                del trainer
+                if device == "cuda":
+                    torch.cuda.empty_cache()
     return rows
 
 
@@ -104,7 +115,8 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-icl-"))
     if args.gpu:
         common = ["--accelerator", "gpu", "--n-train", "12000", "--n-val", "500"]
-        steps = step_rates(root, device, [1, 6, 12, 24, 48], [1, 2], steps=60, warmup=10, common=common)
+        steps = step_rates(root, device, [1, 12, 48], [1, 2], steps=60, warmup=10, common=common,
+                           modes=(False, True))
         grid = ["--orders", "1", "2", "3", "4", "--kernels", "2", "3", "4", "--depths", "1"]
         sweeps = sweep_rates(root, common, grid, steps=300, process_parallel=12, ensemble_parallel=3)
     else:
@@ -115,9 +127,11 @@ def main(argv=None) -> int:
         sweeps = sweep_rates(root, common, grid, steps=4, process_parallel=2, ensemble_parallel=1)
     env = environment(device)
     print(f"\n{env}\n")
-    print(table(["depth", "members", "group steps/s", "run-steps/s", "peak GiB"],
-                         [[r["depth"], r["members"], f"{r['group_steps_s']:.1f}", f"{r['run_steps_s']:.0f}",
-                           f"{r['peak_gib']:.2f}"] for r in steps]))
+    print(table(["depth", "members", "CUDA graph", "group steps/s", "run-steps/s", "peak GiB",
+                 "loss vs eager"],
+                [[r["depth"], r["members"], "yes" if r["graphs"] else "no", f"{r['group_steps_s']:.1f}",
+                  f"{r['run_steps_s']:.0f}", f"{r['peak_gib']:.2f}", f"{r['loss_diff_vs_eager']:.1e}"]
+                 for r in steps]))
     print()
     print(table(["engine", "processes", "runs x steps", "wall s", "run-steps/s"],
                          [[r["engine"], r["parallel"], f"{r['runs']} x {r['steps']}", f"{r['wall_s']:.1f}",

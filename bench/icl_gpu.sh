@@ -11,6 +11,8 @@
 #     long      k = 4, depth 1, every kernel, seeds 0-2, 6000 steps (is k = 4 settled?)
 #     x070      the grid as RWKV-7
 #
+# Run the sweeps one after another with 4-6 groups at a time: the groups' steps are host-bound, so
+# more at once run no faster in total (2026-12-02: 12 at once finished none in 430 s).
 # A machine that went cold lost the runs in flight; the tars from earlier calls can be carried
 # back as .gpu/icl-<name>.tar (git-ignored) and are unpacked first, so finished runs are kept.
 set -eu
@@ -20,6 +22,7 @@ DEADLINE_S=${DEADLINE_S:-540}
 OUT=${OUT:-output/icl-gpu-out}
 ROOT=${ROOT:-output}
 PARALLEL=${PARALLEL:-4}            # groups at the same time
+EXTRA=${EXTRA:-}                   # more sweep flags for every sweep, e.g. --cuda-graphs
 START=$(date +%s)
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
@@ -58,7 +61,7 @@ sweep)
     # at the deadline the sweep gets SIGTERM and stops its training processes with it (they
     # resume from their last checkpoint in the next call)
     # shellcheck disable=SC2046  # the flags are meant to split into words
-    timeout -s TERM "$left" python3 -m conrwkv.lm.sweep $(sweep_flags "$name") --parallel "$PARALLEL" \
+    timeout -s TERM "$left" python3 -m conrwkv.lm.sweep $(sweep_flags "$name") $EXTRA --parallel "$PARALLEL" \
       --out "$ROOT/icl-$name" > "$OUT/sweep-$name.log" 2>&1 \
       || echo "icl_gpu: $name stopped (exit $?); the next call resumes it"
     grep -v "chains:" "$OUT/sweep-$name.log" | tail -n 25

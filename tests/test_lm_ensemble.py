@@ -3,6 +3,7 @@ gives each run alone, a SIGKILL and resume changes no bit, and what it cannot co
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -177,3 +178,48 @@ def test_a_terminated_sweep_stops_its_training_processes(tmp_path):
     assert sweep.wait(timeout=60) == 128 + signal.SIGTERM
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_adam_state_put_back_in_place_is_the_saved_one_or_a_fresh_one():
+    """What the CUDA-graph step relies on after its warm-up steps (ensemble._CapturedStep)."""
+    from conrwkv.lm.ensemble import _load_optimizer_in_place
+
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    optimizer = torch.optim.Adam(params, lr=0.1)
+
+    def train(steps):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            sum((p ** 2).sum() for p in params).backward()
+            optimizer.step()
+
+    fresh = copy.deepcopy(optimizer.state_dict())          # no state yet
+    train(2)
+    tensors = [optimizer.state[p]["exp_avg"] for p in params]
+    _load_optimizer_in_place(optimizer, fresh)
+    for p, tensor in zip(params, tensors):
+        assert optimizer.state[p]["exp_avg"] is tensor                     # the same tensors
+        assert all(not v.any() for v in optimizer.state[p].values() if isinstance(v, torch.Tensor))
+    saved = copy.deepcopy(optimizer.state_dict())
+    train(3)
+    _load_optimizer_in_place(optimizer, saved)
+    for i, p in enumerate(params):
+        for key, value in saved["state"][i].items():
+            assert torch.equal(optimizer.state[p][key], value), key
+
+
+@pytest.mark.cuda
+def test_the_captured_step_trains_as_the_eager_one(tmp_path):
+    spec = dataclasses.replace(_group(tmp_path), device="cuda", precision="32-true", eval_every=0)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, save_every=0))
+    finals = {}
+    for graphs in (False, True):
+        run = dataclasses.replace(_retarget(spec, tmp_path / f"graphs-{graphs}"), cuda_graphs=graphs)
+        trainer = GroupTrainer(run)
+        losses = [trainer.train_step() for _ in range(6)]
+        finals[graphs] = ({n: p.detach().clone() for n, p in trainer.ensemble.params.items()},
+                          torch.stack(losses))
+    (eager, eager_losses), (captured, captured_losses) = finals[False], finals[True]
+    torch.testing.assert_close(captured_losses, eager_losses, atol=1e-5, rtol=1e-4)
+    for name in eager:
+        torch.testing.assert_close(captured[name], eager[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -85,6 +85,7 @@ class GroupSpec:
     precision: str = "32-true"
     eval_every: int = 100              # steps between the validation gaps of the curve (0: end only)
     eval_chains: int = 128             # validation chains those gaps are measured on
+    cuda_graphs: bool = False          # replay the training step from a CUDA graph (CUDA only)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,7 +94,8 @@ class GroupSpec:
     def from_json(cls, obj: dict) -> GroupSpec:
         return cls(model=ModelConfig(**obj["model"]), train=TrainConfig(**obj["train"]),
                    members=tuple(Member(**m) for m in obj["members"]),
-                   **{k: obj[k] for k in ("folder", "device", "precision", "eval_every", "eval_chains")})
+                   **{k: obj[k] for k in ("folder", "device", "precision", "eval_every", "eval_chains")},
+                   cuda_graphs=obj.get("cuda_graphs", False))
 
 
 def check_spec(spec: GroupSpec) -> None:
@@ -119,6 +121,8 @@ def check_spec(spec: GroupSpec) -> None:
         problems.append(f"precision {spec.precision!r} (one of {', '.join(PRECISIONS)})")
     if spec.precision == "bf16-mixed" and not spec.device.startswith("cuda"):
         problems.append("bf16-mixed off a GPU (use 32-true)")
+    if spec.cuda_graphs and not spec.device.startswith("cuda"):
+        problems.append("cuda_graphs off a GPU")
     dirs = [m.proj_dir for m in spec.members]
     if len(set(dirs)) != len(dirs):
         problems.append("two members share a proj_dir")
@@ -228,6 +232,61 @@ def clip_per_member(grads: list[Tensor], max_norm: float) -> Tensor:
     return norms
 
 
+class _CapturedStep:
+    """The batched step recorded once as a CUDA graph and replayed: one launch per step instead of
+    thousands, which is what bounds these small models (docs/benchmarks.md, "RWKV-ICL sweep
+    speed"). The batch is copied into static buffers before each replay; the parameters, Adam's
+    state and the learning-rate tensor are the trainer's own, updated in place by the graph.
+
+    Recording needs warm-up steps first (on a side stream, as torch.cuda.graph asks); they would
+    train, so the parameters and Adam's state are saved before them and put back after: the
+    first replayed step starts from exactly the state the trainer had."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, trainer: GroupTrainer, batch: tuple[Tensor, ...]):
+        self.static = [x.clone() for x in batch]
+        params = list(trainer.ensemble.params.values())
+        saved_params = [p.detach().clone() for p in params]
+        saved_optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer._forward_backward_update(*self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.losses = trainer._forward_backward_update(*self.static)
+        with torch.no_grad():
+            for p, saved in zip(params, saved_params):
+                p.copy_(saved)
+        _load_optimizer_in_place(trainer.optimizer, saved_optimizer)
+
+    def replay(self, batch: tuple[Tensor, ...]) -> Tensor:
+        for static, x in zip(self.static, batch):
+            static.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.losses.clone()
+
+
+def _load_optimizer_in_place(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Put Adam's saved state back into the tensors it has now (a captured graph reads and writes
+    those very tensors: load_state_dict would replace them). A parameter that had no state yet
+    (a fresh run: Adam creates it at the first step) gets Adam's initial one: zeros."""
+    by_index = state["state"]
+    for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        saved = by_index.get(i, {})
+        for key, current in optimizer.state[p].items():
+            if isinstance(current, Tensor):
+                if key in saved:
+                    current.copy_(saved[key])
+                else:
+                    current.zero_()
+
+
 class GroupTrainer:
     def __init__(self, spec: GroupSpec):
         check_spec(spec)
@@ -236,13 +295,23 @@ class GroupTrainer:
         self.data = [_MemberData(m, self.cfg, spec.model.vocab_size) for m in spec.members]
         self.ensemble = Ensemble(spec.model, [m.seed for m in spec.members], spec.device)
         cfg = self.cfg
-        self.optimizer = torch.optim.Adam(list(self.ensemble.params.values()), lr=cfg.lr_init,
-                                          betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+        # A captured step reads the learning rate from a tensor that the schedule fills before
+        # each replay, and Adam keeps its step count on the device (capturable).
+        graphs = spec.cuda_graphs
+        self._lr = torch.tensor(cfg.lr_init, device=spec.device) if graphs else None
+        self.optimizer = torch.optim.Adam(list(self.ensemble.params.values()),
+                                          lr=self._lr if graphs else cfg.lr_init,
+                                          betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                                          capturable=graphs)
         ratio = cfg.lr_final / cfg.lr_init if cfg.lr_init > 0 else 1.0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, cfg.max_steps, cfg.warmup_steps, ratio,
-                                                   cfg.lr_schedule))
+        self._lr_factor = lambda step: lr_factor(step, cfg.max_steps, cfg.warmup_steps, ratio,  # noqa: E731
+                                                 cfg.lr_schedule)
+        # Eager steps follow LambdaLR, as train.py's do; a captured step's learning rate is
+        # computed from the step count, so no scheduler replaces or aliases the tensor.
+        self.scheduler = None if graphs else torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                                               self._lr_factor)
         self.validation = _Validation(self.data, spec.eval_chains, cfg.ctx_len, spec.device)
+        self._graph: _CapturedStep | None = None
         self.step = 0
         self.curves: list[list[dict]] = [[] for _ in spec.members]
         self.train_seconds = 0.0
@@ -257,12 +326,13 @@ class GroupTrainer:
 
     def _autocast(self):
         enabled = self.spec.precision == "bf16-mixed"
+        # The autocast cache would hold casts made during a capture; a replay must make them again.
         return torch.autocast("cuda" if self.spec.device.startswith("cuda") else "cpu",
-                              dtype=torch.bfloat16, enabled=enabled)
+                              dtype=torch.bfloat16, enabled=enabled, cache_enabled=not self.spec.cuda_graphs)
 
-    def train_step(self) -> Tensor:
-        """One optimizer step of every member; returns their losses [M] (not synchronised)."""
-        idx, target, mask, counts = self._batch()
+    def _forward_backward_update(self, idx: Tensor, target: Tensor, mask: Tensor, counts: Tensor) -> Tensor:
+        """Loss, gradients, clip and Adam update of every member: what one step computes, eager
+        or captured. Returns the members' losses [M]."""
         with self._autocast():
             logits = self.ensemble.logits(idx)
         losses = F.cross_entropy(logits.float().flatten(0, 2), target.flatten(), reduction="none")
@@ -272,10 +342,22 @@ class GroupTrainer:
         if self.cfg.grad_clip:
             clip_per_member([p.grad for p in params], self.cfg.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
         return per_member.detach()
+
+    def train_step(self) -> Tensor:
+        """One optimizer step of every member; returns their losses [M] (not synchronised)."""
+        batch = self._batch()
+        if self.spec.cuda_graphs:
+            if self._graph is None:
+                self._graph = _CapturedStep(self, batch)
+            self._lr.fill_(self.cfg.lr_init * self._lr_factor(self.step))
+            losses = self._graph.replay(batch)
+        else:
+            losses = self._forward_backward_update(*batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        self.step += 1
+        return losses
 
     @torch.no_grad()
     def validation_gaps(self) -> list[dict]:
@@ -296,7 +378,8 @@ class GroupTrainer:
         return {"task": "lm-ensemble", "model": dataclasses.asdict(self.spec.model),
                 "train": dataclasses.asdict(self.cfg), "precision": self.spec.precision,
                 "members": [dataclasses.asdict(m) for m in self.spec.members],
-                "eval_every": self.spec.eval_every, "eval_chains": self.spec.eval_chains}
+                "eval_every": self.spec.eval_every, "eval_chains": self.spec.eval_chains,
+                "cuda_graphs": self.spec.cuda_graphs}
 
     def save_resumable(self) -> None:
         path = resume_path(self.folder, self.step)
@@ -305,7 +388,7 @@ class GroupTrainer:
         atomic_torch_save({"step": self.step, "train_seconds": self.train_seconds,
                            "params": {n: p.detach() for n, p in self.ensemble.params.items()},
                            "optimizer": self.optimizer.state_dict(),
-                           "scheduler": self.scheduler.state_dict(),
+                           "scheduler": self.scheduler.state_dict() if self.scheduler else {},
                            "data": [d.state_dict() for d in self.data],
                            "curves": self.curves}, path)
 
@@ -335,7 +418,8 @@ class GroupTrainer:
             for name, p in self.ensemble.params.items():
                 p.copy_(state["params"][name])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         for data, position in zip(self.data, state["data"]):
             data.load_state_dict(position)
         self.step, self.curves = state["step"], state["curves"]

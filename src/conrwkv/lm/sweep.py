@@ -153,7 +153,8 @@ def group_spec(args, data: dict, kernel: int, depth: int, runs: list[tuple[int, 
     return GroupSpec(model=model_cfg, train=dataclasses.replace(train_cfg, data_file="", proj_dir=""),
                      members=tuple(members), folder=str(Path(args.out) / "groups" / name),
                      device="cuda" if gpu else "cpu", precision="bf16-mixed" if gpu else "32-true",
-                     eval_every=args.eval_every, eval_chains=args.eval_chains)
+                     eval_every=args.eval_every, eval_chains=args.eval_chains,
+                     cuda_graphs=args.cuda_graphs)
 
 
 def _has_cuda() -> bool:
@@ -343,6 +344,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-chains", type=int, default=128,
                    help="Ensemble engine: validation chains behind those gaps (the final "
                         "evaluation uses all --n-val).")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="Ensemble engine on a GPU: replay each group's training step from a CUDA "
+                        "graph (one launch per step; the step is otherwise bound by the host).")
     p.add_argument("--group-size", type=int, default=0,
                    help="Ensemble engine: at most this many runs per group (0: every run of a shape).")
     p.add_argument("--wkv-backend", default="torch", choices=WKV_BACKENDS,
@@ -362,6 +366,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "train.py's flags) as JSON, and exit: nothing is made or trained. "
                         "--dry_run is the spelling train.py and the demos use.")
     args = p.parse_args(argv)
+    if args.cuda_graphs and (args.engine != "ensemble" or args.accelerator == "cpu"):
+        p.error("--cuda-graphs needs --engine ensemble on a GPU (--accelerator gpu or auto)")
     if args.threads_per_run <= 0:
         args.threads_per_run = max(1, (os.cpu_count() or 1) // args.parallel)
     return args
