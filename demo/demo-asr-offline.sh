@@ -51,7 +51,8 @@ ENC_STEPS=${ENC_STEPS:-6000}
 ENC_BATCH=${ENC_BATCH:-32}
 ENC_LR=${ENC_LR:-1.5e-3}
 ENC_TIME_LIMIT=${ENC_TIME_LIMIT:-0}   # seconds: stop early and keep the model, lr decayed by then (0: run all steps)
-ENC_ARGS=${ENC_ARGS:-}            # more ctc_encoder flags, e.g. "--hidden_size 384 --layers 8"
+ENC_ARGS=${ENC_ARGS:-}            # more ctc_encoder flags, e.g. "--hidden_size 384 --layers 8";
+                                  # "--save_every 500 --pause_after 480": train in parts that resume
 ENCODER=${ENCODER:-$RUN_DIR/encoder}   # the encoder folder: written by the encoder stage, read by slam and grid
 
 # ---- language models: a ladder of sizes, <layers>x<embedding>, each trained in turn ----
@@ -139,7 +140,9 @@ stage_prepare() {
 stage_encoder() {
   if [ -f "$ENCODER/ctc_results.json" ]; then echo "encoder: $ENCODER exists, kept"; return; fi
   ensure_corpus
-  run_or_print rm -rf "$ENCODER"   # what a stopped run left (no ctc_results.json yet)
+  # What a stopped run left (no ctc_results.json yet) is removed, unless it holds resumable
+  # training states (--save_every or --pause_after in ENC_ARGS): then the run continues from them.
+  if ! ls "$ENCODER"/training/step*.pt > /dev/null 2>&1; then run_or_print rm -rf "$ENCODER"; fi
   # shellcheck disable=SC2086 # ENC_ARGS is a list of flags
   run_or_print python -m conrwkv.asr.ctc_encoder --train_data "$CORPUS/train" \
     --eval_data "$CORPUS/dev,$CORPUS/test-clean,$CORPUS/test-other" --out "$ENCODER" \

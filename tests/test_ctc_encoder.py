@@ -218,3 +218,54 @@ def test_the_learning_rate_warms_up_by_steps_and_decays_by_steps_or_by_the_clock
     assert lr(200, 60.0, config, 60.0) == 0.0
     assert lr(900, 1.0, config, 60.0) == pytest.approx(1 - 800 / 900)     # the steps end first
     assert lr(50, 59.0, config, 60.0) < lr(50, 0.0, config, 60.0)   # warm-up is still by steps
+
+
+def test_a_killed_or_paused_training_resumes_to_the_same_weights(corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    flags = [*TINY_FLAGS, "--steps", "8", "--mask_time_prob", "0.3", "--train_data", corpus["train"],
+             "--device", "cpu", "--no_progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+
+    def command(out):
+        return [sys.executable, "-m", "conrwkv.asr.ctc_encoder", *flags, "--out", str(out)]
+
+    assert subprocess.run(command(tmp_path / "straight"), cwd=root, env=env).returncode == 0
+    # killed right after its step-4 state, then a pause at the first chance, then to the end
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*command(killed), "--save_every", "2"], cwd=root, env=env,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "training" / "step4.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    paused = subprocess.run([*command(killed), "--save_every", "2", "--pause_after", "1e-9"], cwd=root,
+                            env=env, capture_output=True, text=True)
+    assert paused.returncode == 0 and json.loads(paused.stdout.splitlines()[-1])["paused_at"] >= 4
+    assert not (killed / "config.json").exists()                   # a pause saves no model
+    done = subprocess.run([*command(killed), "--save_every", "2"], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stderr
+    straight, resumed = (load_file(str(out / "model.safetensors")) for out in (tmp_path / "straight", killed))
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    results = [json.loads((out / "ctc_results.json").read_text()) for out in (tmp_path / "straight", killed)]
+    assert results[0]["loss_every_50"] == results[1]["loss_every_50"]
+    # other settings on the same folder are refused by name
+    other = subprocess.run([*command(tmp_path / "other"), "--save_every", "2", "--pause_after", "1e-9"],
+                           cwd=root, env=env, capture_output=True, text=True)
+    assert other.returncode == 0
+    changed = subprocess.run([*command(tmp_path / "other"), "--lr", "1e-2"], cwd=root, env=env,
+                             capture_output=True, text=True)
+    assert changed.returncode == 2 and "other settings (lr)" in changed.stderr

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..data.speech import SAMPLE_RATE, LengthBucketBatchSampler, load_audio, load_corpus
 from ..eval.wer import corpus_wer
-from ..io import atomic_json_save
+from ..io import atomic_json_save, atomic_torch_save
 from ..train.flags import add_dataclass_flags, take
 from ..train.schedule import lr_factor
 
@@ -145,19 +145,82 @@ def lr_multiplier(step: int, elapsed: float, config: CtcEncoderConfig, time_limi
     return lr_factor(step, config.steps, config.warmup, 1.0, "const") * min(max(1.0 - progress, 0.0), 1.0)
 
 
+TRAINING_DIR = "training"          # out/training/step<N>.pt: resumable states, never deleted
+
+
+def _resumable_states(out: Path) -> list[Path]:
+    """The resumable training states in out/training, newest first."""
+    folder = out / TRAINING_DIR
+    found = [(int(p.stem.removeprefix("step")), p) for p in folder.glob("step*.pt")
+             if p.stem.removeprefix("step").isdigit()] if folder.is_dir() else []
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _save_state(out: Path, model, optimizer, config: CtcEncoderConfig, step: int, epoch: int,
+                position: int, losses: list, elapsed: float, device: torch.device) -> Path:
+    """Everything a resume needs to go on exactly: weights, AdamW, where in which epoch, the
+    losses so far, the training seconds so far (the learning rate decays by them under a time
+    limit) and the random states (dropout draws from torch's, SpecAugment's masks from numpy's)."""
+    path = out / TRAINING_DIR / f"step{step}.pt"
+    if not path.exists():
+        atomic_torch_save({
+            "config": asdict(config), "step": step, "epoch": epoch, "position": position,
+            "elapsed": elapsed, "losses": torch.stack(losses).float().cpu() if losses else torch.zeros(0),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0),
+        }, path)
+    return path
+
+
+def _numpy_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+            "cached": cached, "kind": kind}
+
+
+def _set_numpy_state(state: dict) -> None:
+    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached"]))
+
+
+def _load_state(out: Path, config: CtcEncoderConfig, device: torch.device) -> dict | None:
+    states = _resumable_states(out)
+    if not states:
+        return None
+    try:
+        state = torch.load(states[0], map_location=device, weights_only=True)
+    except Exception as err:         # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ValueError(f"{states[0]} cannot be read ({type(err).__name__}); move it aside to "
+                         f"resume from the one before") from err
+    if state["config"] != asdict(config):
+        changed = sorted(k for k in state["config"] if state["config"][k] != asdict(config).get(k))
+        raise ValueError(f"{out} holds a training run with other settings ({', '.join(changed)}); "
+                         f"give the same flags to continue it, or choose a new --out")
+    return state
+
+
 def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig,
                       eval_data: list[str] = (), device: str = "auto", progress: bool = True,
-                      time_limit: float = 0.0) -> dict:
+                      time_limit: float = 0.0, save_every: int = 0, pause_after: float = 0.0) -> dict:
     """Train, save to `out` (save_pretrained folder) and score `eval_data`; returns the results
     written to `out/ctc_results.json`. With `time_limit` (seconds of training, 0: none) training
     stops early when it runs out (after one step at least), and the model is still saved and
-    scored; the results then say how many steps were made."""
+    scored; the results then say how many steps were made.
+
+    Resumable: every `save_every` steps (0: never) and when `pause_after` seconds of this launch
+    have passed, the training state goes to out/training/step<N>.pt. A pause returns
+    {"paused_at": N} without saving or scoring the model; the same call again continues from
+    the newest state (the time limit counts the seconds of every launch), to the same weights
+    as a run that was never stopped."""
     out = Path(out)
     if (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a model; choose a new --out")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     torch.manual_seed(config.seed)
+    np.random.seed(config.seed)       # SpecAugment's masks (transformers draws them from numpy)
     model = build_model(config).to(device)
+    resumed = _load_state(out, config, device)
     extractor, tokenizer = build_processor_parts(out)
     ids, audio, texts = _load_split(train_data)
     labels = [torch.tensor(text_to_ids(t)) for t in texts]
@@ -167,14 +230,35 @@ def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig
                                   weight_decay=config.weight_decay)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
-    losses, step, epoch, start = [], 0, 0, time.time()
-    bar = tqdm(total=config.steps, desc="ctc", unit="step", disable=not progress)
+    losses, step, epoch, position, earlier = [], 0, 0, 0, 0.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["torch_rng"].cpu())
+        _set_numpy_state(resumed["numpy_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(resumed["cuda_rng"].cpu(), device)
+        losses = [x.to(device) for x in resumed["losses"]]
+        step, epoch, position, earlier = (resumed[k] for k in ("step", "epoch", "position", "elapsed"))
+        log.warning("resuming %s at step %d (epoch %d, batch %d)", out, step, epoch, position)
+    start = time.time() - earlier                  # the time limit counts every launch's seconds
+    launched = time.time()
+    bar = tqdm(total=config.steps, initial=step, desc="ctc", unit="step", disable=not progress)
     stopped_early = False
     while step < config.steps and not stopped_early:
         sampler.set_epoch(epoch)
-        for batch in sampler:
+        for index, batch in enumerate(sampler):
+            if index < position:                   # a resumed epoch goes on where it stopped
+                continue
             if step >= config.steps:
                 break
+            if pause_after and time.time() - launched > pause_after:
+                path = _save_state(out, model, optimizer, config, step, epoch, index, losses,
+                                   time.time() - start, device)
+                bar.close()
+                log.warning("paused after %.0f s at step %d of %d (%s): run the same command again "
+                            "to continue", time.time() - launched, step, config.steps, path)
+                return {"paused_at": step, "state": str(path)}
             # At least one step is made: a model saved untrained would pass for a result.
             if time_limit and step and time.time() - start > time_limit:
                 log.warning("time limit of %.0f s reached after %d of %d steps: saving this model",
@@ -198,7 +282,11 @@ def train_ctc_encoder(train_data: str, out: str | Path, config: CtcEncoderConfig
             bar.update()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{float(torch.stack(losses[-50:]).mean()):.3f}")
+            if save_every and step % save_every == 0:
+                _save_state(out, model, optimizer, config, step, epoch, index + 1, losses,
+                            time.time() - start, device)
         epoch += 1
+        position = 0
     bar.close()
     train_seconds = time.time() - start
     losses = torch.stack(losses).float().cpu().numpy()
@@ -260,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_limit", type=float, default=0.0,
                    help="stop training after this many seconds and save what there is; the learning "
                         "rate then decays to zero by this time (0: no limit, decay by --steps)")
+    p.add_argument("--save_every", type=int, default=0,
+                   help="write a resumable training state to OUT/training every this many steps "
+                        "(0: none); a killed run given the same command continues from the newest")
+    p.add_argument("--pause_after", type=float, default=0.0,
+                   help="after this many seconds of this launch, write a resumable state and stop "
+                        "without saving the model (0: never); the same command again continues, "
+                        "so a training longer than one session's call runs in parts")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_dataclass_flags(p, CtcEncoderConfig, "encoder and training")
     return p
@@ -270,8 +365,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = take(CtcEncoderConfig, args)[0]
     eval_data = [s for s in args.eval_data.split(",") if s]
-    results = train_ctc_encoder(args.train_data, args.out, config, eval_data, args.device,
-                                progress=not args.no_progress, time_limit=args.time_limit)
+    try:
+        results = train_ctc_encoder(args.train_data, args.out, config, eval_data, args.device,
+                                    progress=not args.no_progress, time_limit=args.time_limit,
+                                    save_every=args.save_every, pause_after=args.pause_after)
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "paused_at" in results:
+        print(json.dumps(results))
+        return 0
     summary_keys = ("steps_done", "train_seconds", "loss_first_50", "loss_last_50")
     print(json.dumps({k: results[k] for k in summary_keys}))
     for split, summary in results["eval"].items():
