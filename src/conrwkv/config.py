@@ -14,9 +14,13 @@ LR_SCHEDULES = ("exp", "cos", "linear", "const")
 PROJECTORS = ("linear", "conv")
 ENCODER_BATCHING = ("auto", "batch", "one_by_one")
 LLM_TRAIN = ("frozen", "lora", "full")
-# Every linear layer of an RWKV-6 block: time-mix r, k, v, g, output and channel-mix k, v, r.
+# Every linear layer of an RWKV-6 (and 5.2) block: time-mix r, k, v, g, output and channel-mix
+# k, v, r: the default --lora_targets.
 LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.gate", "att.output",
                 "ffn.key", "ffn.value", "ffn.receptance")
+# Every linear layer of an RWKV-7 block (its gate is a LoRA of its own, g1 / g2, and its channel
+# mix has no receptance): what the default targets mean for an x070 LLM.
+X070_LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
 
 
 def _help(text: str, **extra) -> dict:
@@ -284,7 +288,9 @@ class AsrConfig:
         "--llm_train lora: dropout on the LoRA branch's input while training (0: none)."))
     lora_targets: str = field(default=",".join(LORA_TARGETS), metadata=_help(
         "--llm_train lora: comma-separated name suffixes of the linear layers that get an "
-        "adapter (peft's target_modules; 'att.key' matches blocks.N.att.key in every block)."))
+        "adapter (peft's target_modules; 'att.key' matches blocks.N.att.key in every block). The "
+        "default, every linear layer of an RWKV-6 block, means every linear layer of an RWKV-7 "
+        "block (" + ",".join(X070_LORA_TARGETS) + ") for an x070 LLM."))
     lr_llm_init: float = field(default=1e-4, metadata=_help(
         "--llm_train lora / full: learning rate of the LLM's trained weights (optimizer group "
         "'llm': the LoRA matrices, or every LLM weight) after warmup."))

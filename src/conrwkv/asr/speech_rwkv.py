@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ..config import LLM_TRAIN, LORA_TARGETS, AsrConfig
+from ..config import LLM_TRAIN, LORA_TARGETS, X070_LORA_TARGETS, AsrConfig
 from ..data.tokenizer import END_OF_TEXT
 from ..io import atomic_torch_save
 from ..model import RWKV
@@ -38,6 +38,13 @@ from ..model.official_format import ADAPTER_SUFFIXES
 from .encoder import SpeechEncoder
 from .oracle import OraclePrefix
 from .projector import Projector
+
+
+def lora_targets_for(flag: str, arch: str) -> tuple[str, ...]:
+    """The linear layers --lora_targets names for an LLM of `arch`: the default (every linear
+    layer of an RWKV-6 block) means every linear layer of the LLM's own block architecture."""
+    targets = tuple(t.strip() for t in flag.split(",") if t.strip())
+    return X070_LORA_TARGETS if arch == "x070" and targets == LORA_TARGETS else targets
 
 
 class SpeechRWKV(nn.Module):
@@ -134,7 +141,7 @@ class SpeechRWKV(nn.Module):
         return cls(encoder, projector, llm, separator_ids, train_state=asr.train_state,
                    llm_train=asr.llm_train, lora_rank=asr.lora_rank, lora_alpha=asr.lora_alpha,
                    lora_dropout=asr.lora_dropout,
-                   lora_targets=tuple(t.strip() for t in asr.lora_targets.split(",") if t.strip()),
+                   lora_targets=lora_targets_for(asr.lora_targets, llm.config.arch),
                    oracle=oracle).to(device)
 
     # ---------------------------------------------------------------- what is trained
