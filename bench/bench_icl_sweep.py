@@ -38,9 +38,9 @@ from conrwkv.lm.ensemble import GroupTrainer  # noqa: E402
 
 def step_rates(root: Path, device: str, sizes: list[int], depths: list[int], steps: int, warmup: int,
                common: list[str], modes: tuple[bool, ...] = (False,)) -> list[dict]:
-    args = icl_sweep.parse_args([*common, "--out", str(root / "steps")])
+    args = icl_sweep.parse_args([*common, "--out", str(root / f"steps-{len(list(root.glob('steps*')))}")])
     params = MarkovDataParams(order=2, seq_len=args.seq_len, n_train=args.n_train, n_val=64, seed=0)
-    data = {2: params.default_folder(root / "steps" / "data")}
+    data = {2: params.default_folder(Path(args.out) / "data")}
     write_markov_dataset(data[2], params)
     rows = []
     for depth in depths:
@@ -67,11 +67,12 @@ def step_rates(root: Path, device: str, sizes: list[int], depths: list[int], ste
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
                 differs = (float((trajectory - losses_by_mode[False]).abs().max())
                            if graphs and False in losses_by_mode else float("nan"))
-                rows.append({"depth": depth, "members": members, "graphs": graphs,
+                rows.append({"arch": args.arch, "depth": depth, "members": members, "graphs": graphs,
                              "group_steps_s": steps / seconds, "run_steps_s": members * steps / seconds,
                              "peak_gib": peak, "warmup_s": warmup_s, "loss_diff_vs_eager": differs})
-                log(f"steps: depth {depth}, {members} members, graphs {graphs}: {steps / seconds:.1f} "
-                    f"group steps/s, {members * steps / seconds:.0f} run-steps/s, peak {peak:.2f} GiB, "
+                log(f"steps: {args.arch}, depth {depth}, {members} members, graphs {graphs}: "
+                    f"{steps / seconds:.1f} group steps/s, {members * steps / seconds:.0f} run-steps/s, "
+                    f"peak {peak:.2f} GiB, "
                     f"first {warmup} steps {warmup_s:.1f} s, loss vs eager {differs:.2e}")
                 del trainer
                 if device == "cuda":
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
         common = ["--accelerator", "gpu", "--n-train", "12000", "--n-val", "500"]
         steps = step_rates(root, device, [1, 12, 48], [1, 2], steps=60, warmup=10, common=common,
                            modes=(False, True))
+        steps += step_rates(root, device, [12], [1, 2], steps=60, warmup=10,
+                            common=[*common, "--arch", "x070"], modes=(False, True))
         grid = ["--orders", "1", "2", "3", "4", "--kernels", "2", "3", "4", "--depths", "1"]
         sweeps = sweep_rates(root, common, grid, steps=300, process_parallel=12, ensemble_parallel=3)
     else:
@@ -127,10 +130,11 @@ def main(argv=None) -> int:
         sweeps = sweep_rates(root, common, grid, steps=4, process_parallel=2, ensemble_parallel=1)
     env = environment(device)
     print(f"\n{env}\n")
-    print(table(["depth", "members", "CUDA graph", "group steps/s", "run-steps/s", "peak GiB",
+    print(table(["arch", "depth", "members", "CUDA graph", "group steps/s", "run-steps/s", "peak GiB",
                  "loss vs eager"],
-                [[r["depth"], r["members"], "yes" if r["graphs"] else "no", f"{r['group_steps_s']:.1f}",
-                  f"{r['run_steps_s']:.0f}", f"{r['peak_gib']:.2f}", f"{r['loss_diff_vs_eager']:.1e}"]
+                [[r["arch"], r["depth"], r["members"], "yes" if r["graphs"] else "no",
+                  f"{r['group_steps_s']:.1f}", f"{r['run_steps_s']:.0f}", f"{r['peak_gib']:.2f}",
+                  f"{r['loss_diff_vs_eager']:.1e}"]
                  for r in steps]))
     print()
     print(table(["engine", "processes", "runs x steps", "wall s", "run-steps/s"],

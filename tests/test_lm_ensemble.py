@@ -223,3 +223,18 @@ def test_the_captured_step_trains_as_the_eager_one(tmp_path):
     torch.testing.assert_close(captured_losses, eager_losses, atol=1e-5, rtol=1e-4)
     for name in eager:
         torch.testing.assert_close(captured[name], eager[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("extra", [["--arch", "x070"], ["--no-token-shift"]], ids=["x070", "no-shift"])
+def test_rwkv7_and_the_shift_ablation_train_as_train_py_would(tmp_path, extra):
+    small = [*TINY[:TINY.index("--orders")], "--orders", "2", *TINY[TINY.index("--kernels"):]]
+    small[small.index("--steps") + 1] = "3"
+    for engine in ("process", "ensemble"):
+        assert icl_sweep.main([*small, *extra, "--engine", engine, "--out", str(tmp_path / engine)]) == 0
+    alone, batched = (weights(tmp_path / engine / "runs" / "k2-conv2-L1-s0")
+                      for engine in ("process", "ensemble"))
+    for key in alone:
+        torch.testing.assert_close(batched[key], alone[key], atol=2e-6, rtol=1e-5, msg=key)
+    (spec,) = [json.loads(p.read_text()) for p in (tmp_path / "ensemble" / "groups").rglob("spec.json")]
+    model = spec["model"]
+    assert (model["arch"], model["token_shift"]) == (("x070", True) if "--arch" in extra else ("x060", False))

@@ -224,7 +224,10 @@ class Ensemble:
 
 def clip_per_member(grads: list[Tensor], max_norm: float) -> Tensor:
     """Scale each member's gradients (slices [m] of every tensor) to a total 2-norm of at most
-    max_norm, as torch.nn.utils.clip_grad_norm_ does for one model. Returns the norms [M]."""
+    max_norm, as torch.nn.utils.clip_grad_norm_ does for one model. Returns the norms [M]. A
+    tensor without a gradient (None: RWKV-7's first block does not use its value-residual
+    weights) is left out, as that function and Adam leave it out."""
+    grads = [g for g in grads if g is not None]
     norms = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:

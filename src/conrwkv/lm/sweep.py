@@ -399,8 +399,9 @@ def main(argv=None) -> int:
         atomic_json_save({"args": vars(args), "wall_s": time.time() - start, "complete": final,
                           "runs": rows}, out / "sweep.json")
         atomic_write_bytes(out / "sweep.md", lambda f: f.write((table + "\n").encode()))
-        plot_heatmap(rows, args.kernels, out / "sweep.png")
-        plot_curves(rows, args.kernels, out / "curves.png")
+        if rows:                       # every run failed: the table says so, there is nothing to plot
+            plot_heatmap(rows, args.kernels, out / "sweep.png")
+            plot_curves(rows, args.kernels, out / "curves.png")
         return table
 
     previous = signal.signal(signal.SIGTERM, stop_children)
