@@ -421,6 +421,9 @@ class GroupTrainer:
             for name, p in self.ensemble.params.items():
                 p.copy_(state["params"][name])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self._lr is not None:            # the loaded groups hold a copy of the lr tensor
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         for data, position in zip(self.data, state["data"]):
