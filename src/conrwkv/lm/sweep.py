@@ -366,6 +366,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "train.py's flags) as JSON, and exit: nothing is made or trained. "
                         "--dry_run is the spelling train.py and the demos use.")
     args = p.parse_args(argv)
+    if args.engine == "ensemble" and args.wkv_backend != "torch":
+        p.error(f"--wkv-backend {args.wkv_backend} with --engine ensemble: the ensemble batches the "
+                f"torch backend only (the CUDA kernels are not batched over models); use "
+                f"--engine process for another backend")
     if args.cuda_graphs and (args.engine != "ensemble" or args.accelerator == "cpu"):
         p.error("--cuda-graphs needs --engine ensemble on a GPU (--accelerator gpu or auto)")
     if args.threads_per_run <= 0:
