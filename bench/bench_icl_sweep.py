@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     mode.add_argument("--gpu", action="store_true", help="The sweep's shapes on the GPU.")
     mode.add_argument("--cpu-smoke", action="store_true", help="Tiny shapes on the CPU (checks the code).")
     p.add_argument("--json", default="", help="Write every measurement here as JSON.")
+    p.add_argument("--steps-only", action="store_true",
+                   help="Part 1 alone (the batched step, eager and graph-captured); no end-to-end sweeps.")
     args = p.parse_args(argv)
     device = "cuda" if args.gpu else "cpu"
     root = Path(tempfile.mkdtemp(prefix="bench-icl-"))
@@ -121,13 +123,15 @@ def main(argv=None) -> int:
         steps += step_rates(root, device, [12], [1, 2], steps=60, warmup=10,
                             common=[*common, "--arch", "x070"], modes=(False, True))
         grid = ["--orders", "1", "2", "3", "4", "--kernels", "2", "3", "4", "--depths", "1"]
-        sweeps = sweep_rates(root, common, grid, steps=300, process_parallel=12, ensemble_parallel=3)
+        sweeps = [] if args.steps_only else sweep_rates(root, common, grid, steps=300, process_parallel=12,
+                                                        ensemble_parallel=3)
     else:
         common = ["--accelerator", "cpu", "--n-train", "256", "--n-val", "16", "--seq-len", "33",
                   "--n-embd", "32", "--micro-bsz", "8"]
         steps = step_rates(root, device, [1, 2], [1], steps=3, warmup=1, common=common)
         grid = ["--orders", "1", "2", "--kernels", "2", "--depths", "1"]
-        sweeps = sweep_rates(root, common, grid, steps=4, process_parallel=2, ensemble_parallel=1)
+        sweeps = [] if args.steps_only else sweep_rates(root, common, grid, steps=4, process_parallel=2,
+                                                        ensemble_parallel=1)
     env = environment(device)
     print(f"\n{env}\n")
     print(table(["arch", "depth", "members", "CUDA graph", "group steps/s", "run-steps/s", "peak GiB",
@@ -136,10 +140,11 @@ def main(argv=None) -> int:
                   f"{r['group_steps_s']:.1f}", f"{r['run_steps_s']:.0f}", f"{r['peak_gib']:.2f}",
                   f"{r['loss_diff_vs_eager']:.1e}"]
                  for r in steps]))
-    print()
-    print(table(["engine", "processes", "runs x steps", "wall s", "run-steps/s"],
-                         [[r["engine"], r["parallel"], f"{r['runs']} x {r['steps']}", f"{r['wall_s']:.1f}",
-                           f"{r['run_steps_s']:.0f}"] for r in sweeps]))
+    if sweeps:
+        print()
+        print(table(["engine", "processes", "runs x steps", "wall s", "run-steps/s"],
+                    [[r["engine"], r["parallel"], f"{r['runs']} x {r['steps']}", f"{r['wall_s']:.1f}",
+                      f"{r['run_steps_s']:.0f}"] for r in sweeps]))
     write_json(args.json, {"environment": env, "steps": steps, "sweeps": sweeps})
     shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -5,6 +5,7 @@
 # and training record with its gap curve, the group logs); the weights stay on the machine.
 #
 #   sh bench/icl_gpu.sh bench          bench/bench_icl_sweep.py --gpu (the engines' speed)
+#                                      (BENCH_FLAGS=--steps-only: the batched step alone)
 #   sh bench/icl_gpu.sh sweep NAME...  the sweeps named, one after another, until DEADLINE_S:
 #     grid      k = 1..4 x kernels {0,2,3,4,5,6} x depth 1, 2 x seeds 0-2, RWKV-6, 1500 steps
 #     noshift   the same at depth 1 without the token shift
@@ -49,7 +50,7 @@ collect() {   # one tar of what a sweep has finished (small files only)
 
 case $PHASE in
 bench)
-  python3 bench/bench_icl_sweep.py --gpu --json "$OUT/icl-speed.json" 2>&1 | grep -v "chains:" | tee "$OUT/bench.log"
+  python3 bench/bench_icl_sweep.py --gpu ${BENCH_FLAGS:-} --json "$OUT/icl-speed.json" 2>&1 | grep -v "chains:" | tee "$OUT/bench.log"
   ;;
 sweep)
   shift
