@@ -78,10 +78,12 @@ def diagonal_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
     k0d1 = k0 * d1
     pairs = [dot(r1, k0), dot(r2, k0d1), dot(r2, k1), dot(r3, k0d1 * d2), dot(r3, k1 * d2), dot(r3, k2)]
     shape = torch.broadcast_shapes(*(x.shape for x in pairs))
-    pairs = torch.stack([x.expand(shape) for x in pairs] + [pairs[0].new_zeros(()).expand(shape)], -1)
-    # row-major 4 x 4: pair i at its place, 6 (the zero) above the first subdiagonal
-    place = torch.tensor([6, 6, 6, 6, 0, 6, 6, 6, 1, 2, 6, 6, 3, 4, 5, 6], device=pairs.device)
-    return pairs.index_select(-1, place).unflatten(-1, (DIAGONAL_BLOCK, DIAGONAL_BLOCK))
+    p0, p1, p2, p3, p4, p5 = (x.expand(shape) for x in pairs)
+    o = pairs[0].new_zeros(()).expand(shape)
+    # row-major 4 x 4, zero on and above the diagonal; stacked rather than gathered by an index
+    # tensor, which would be a host-to-device copy (not allowed while a CUDA graph is captured)
+    grid = [o, o, o, o, p0, o, o, o, p1, p2, o, o, p3, p4, p5, o]
+    return torch.stack(grid, -1).unflatten(-1, (DIAGONAL_BLOCK, DIAGONAL_BLOCK))
 
 
 def intra_chunk_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
