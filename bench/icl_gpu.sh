@@ -24,16 +24,17 @@ OUT=${OUT:-output/icl-gpu-out}
 ROOT=${ROOT:-output}
 PARALLEL=${PARALLEL:-4}            # groups at the same time
 EXTRA=${EXTRA:-}                   # more sweep flags for every sweep, e.g. --cuda-graphs
+SEEDS=${SEEDS:-0 1 2}              # the seeds of every sweep
 START=$(date +%s)
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
 
 sweep_flags() {
-  all="--orders 1 2 3 4 --kernels 0 2 3 4 5 6 --seeds 0 1 2 --steps 1500 --accelerator gpu"
+  all="--orders 1 2 3 4 --kernels 0 2 3 4 5 6 --seeds $SEEDS --steps 1500 --accelerator gpu"
   case $1 in
     grid) echo "$all --depths 1 2" ;;
     noshift) echo "$all --depths 1 --no-token-shift" ;;
-    long) echo "--orders 4 --kernels 0 2 3 4 5 6 --seeds 0 1 2 --steps 6000 --accelerator gpu --depths 1" ;;
+    long) echo "--orders 4 --kernels 0 2 3 4 5 6 --seeds $SEEDS --steps 6000 --accelerator gpu --depths 1" ;;
     x070) echo "$all --depths 1 2 --arch x070" ;;
     *) echo "icl_gpu: unknown sweep $1" >&2; exit 2 ;;
   esac
