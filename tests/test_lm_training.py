@@ -205,3 +205,12 @@ def test_the_sweep_passes_the_token_shift_ablation_to_every_run(tmp_path):
         assert ("--no-token_shift" in command) == (not expected)
         parsed = cli.build_parser("lm", "train").parse_args(command[3:])
         assert take(ModelConfig, parsed)[0].token_shift is expected
+
+
+def test_the_sweep_figures_name_the_architecture_and_the_ablation(tmp_path):
+    from conrwkv.lm import sweep as icl_sweep
+
+    label = lambda *flags: icl_sweep.sweep_label(icl_sweep.parse_args(["--out", str(tmp_path), *flags]))  # noqa: E731
+    assert label() == "RWKV-6"
+    assert label("--arch", "x070", "--no-token-shift") == "RWKV-7, no token shift"
+    assert label("--arch", "x052") == "RWKV-5.2"

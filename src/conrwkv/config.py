@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 
 # The option sets, each defined once here; the flags' choices and the code's checks use them.
 ARCHITECTURES = ("x060", "x052", "x070")
+# How papers and plots name them.
+ARCHITECTURE_NAMES = {"x060": "RWKV-6", "x052": "RWKV-5.2", "x070": "RWKV-7"}
 WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
 # The WKV7 op (RWKV-7): the torch backend, and fla's chunk_rwkv7 on CUDA; cuda is WKV6's kernel.
 WKV7_BACKENDS = ("auto", "torch", "fla")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ARCHITECTURES, WKV_BACKENDS
+from ..config import ARCHITECTURE_NAMES, ARCHITECTURES, WKV_BACKENDS
 from ..data.markov import MarkovDataParams, write_markov_dataset
 from ..io import atomic_json_save, atomic_write_bytes, read_json
 from .plan import WEIGHTS_NAME
@@ -230,7 +230,12 @@ def make_table(rows: list[dict], kernels: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot_heatmap(rows: list[dict], kernels: list[int], path: Path) -> None:
+def sweep_label(args) -> str:
+    """What the figures' titles say the grid trained: the architecture and the ablation."""
+    return ARCHITECTURE_NAMES[args.arch] + (", no token shift" if args.no_token_shift else "")
+
+
+def plot_heatmap(rows: list[dict], kernels: list[int], path: Path, label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,13 +264,13 @@ def plot_heatmap(rows: list[dict], kernels: list[int], path: Path) -> None:
         ax.set_yticks(range(len(orders)), [str(o) for o in orders])
         ax.set_xlabel("conv kernel (0 = off)")
         ax.set_ylabel("Markov order k")
-        ax.set_title(f"depth {depth}: gap to Bayes (nats, mean of seeds)")
+        ax.set_title(f"{label}, depth {depth}:\ngap to Bayes (nats, mean of seeds)", fontsize=10)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85)
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
-def plot_curves(rows: list[dict], kernels: list[int], path: Path) -> bool:
+def plot_curves(rows: list[dict], kernels: list[int], path: Path, label: str) -> bool:
     """The validation gap against steps, one panel per (depth, order), one line per kernel (the
     mean over seeds; the band spans the seeds). Written when some run has a curve (ensemble
     engine); returns whether it was."""
@@ -295,7 +300,7 @@ def plot_curves(rows: list[dict], kernels: list[int], path: Path) -> bool:
                 ax.fill_between(steps, gaps.min(0), gaps.max(0), color=line.get_color(), alpha=0.2, lw=0)
         ax.axhline(0.01, color="0.6", lw=0.8, ls=":")
         ax.set_yscale("log")
-        ax.set_title(f"depth {depth}, order {order}", fontsize=9)
+        ax.set_title(f"{label}, depth {depth}, order {order}", fontsize=9)
         ax.set_xlabel("step")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation gap to Bayes (nats)")
@@ -404,8 +409,8 @@ def main(argv=None) -> int:
                           "runs": rows}, out / "sweep.json")
         atomic_write_bytes(out / "sweep.md", lambda f: f.write((table + "\n").encode()))
         if rows:                       # every run failed: the table says so, there is nothing to plot
-            plot_heatmap(rows, args.kernels, out / "sweep.png")
-            plot_curves(rows, args.kernels, out / "curves.png")
+            plot_heatmap(rows, args.kernels, out / "sweep.png", sweep_label(args))
+            plot_curves(rows, args.kernels, out / "curves.png", sweep_label(args))
         return table
 
     previous = signal.signal(signal.SIGTERM, stop_children)
