@@ -11,6 +11,7 @@
 #     noshift   the same at depth 1 without the token shift
 #     long      k = 4, depth 1, every kernel, seeds 0-2, 6000 steps (is k = 4 settled?)
 #     x070      the grid as RWKV-7
+#   sh bench/icl_gpu.sh collect NAME...  only the tars of those sweeps (what a sweep makes last)
 #
 # Run the sweeps one after another with 4-6 groups at a time: the groups' steps are host-bound, so
 # more at once run no faster in total (2026-12-02: 12 at once finished none in 430 s).
@@ -25,6 +26,7 @@ ROOT=${ROOT:-output}
 PARALLEL=${PARALLEL:-4}            # groups at the same time
 EXTRA=${EXTRA:-}                   # more sweep flags for every sweep, e.g. --cuda-graphs
 SEEDS=${SEEDS:-0 1 2}              # the seeds of every sweep
+DEPTHS=${DEPTHS:-1 2}              # the depths of grid and x070 (a grid run in parts)
 START=$(date +%s)
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$ROOT"
@@ -32,20 +34,22 @@ mkdir -p "$OUT" "$ROOT"
 sweep_flags() {
   all="--orders 1 2 3 4 --kernels 0 2 3 4 5 6 --seeds $SEEDS --steps 1500 --accelerator gpu"
   case $1 in
-    grid) echo "$all --depths 1 2" ;;
+    grid) echo "$all --depths $DEPTHS" ;;
     noshift) echo "$all --depths 1 --no-token-shift" ;;
     long) echo "--orders 4 --kernels 0 2 3 4 5 6 --seeds $SEEDS --steps 6000 --accelerator gpu --depths 1" ;;
-    x070) echo "$all --depths 1 2 --arch x070" ;;
+    x070) echo "$all --depths $DEPTHS --arch x070" ;;
     *) echo "icl_gpu: unknown sweep $1" >&2; exit 2 ;;
   esac
 }
 
-collect() {   # one tar of what a sweep has finished (small files only)
+collect() {   # one tar of what a sweep has made so far (small files only)
   name=$1
   [ -d "$ROOT/icl-$name" ] || return 0
+  # each listing may find nothing yet (no run has finished, no group has started): under set -e a
+  # failing find would end the list and leave the group logs out of the tar
   (cd "$ROOT" && { ls -d "icl-$name"/sweep.* "icl-$name"/curves.png 2> /dev/null || true
-     find "icl-$name/runs" -name 'rwkv-step*.json'
-     find "icl-$name/groups" -name 'train-*.log' -o -name 'spec.json'; } 2> /dev/null \
+     find "icl-$name/runs" -name 'rwkv-step*.json' 2> /dev/null || true
+     find "icl-$name/groups" -name 'train-*.log' -o -name 'spec.json' 2> /dev/null || true; } \
    | tar -cf "$OUT/icl-$name.tar" -T -)
 }
 
@@ -61,17 +65,22 @@ sweep)
     [ "$left" -gt 30 ] || { echo "icl_gpu: no time left for $name"; break; }
     echo "icl_gpu: sweep $name for at most $left s"
     # at the deadline the sweep gets SIGTERM and stops its training processes with it (they
-    # resume from their last checkpoint in the next call)
+    # resume from their last checkpoint in the next call); a process that does not stop within
+    # 20 s (one blocked in a GPU wait) is killed, so the tar below is still made
     # shellcheck disable=SC2046  # the flags are meant to split into words
-    timeout -s TERM "$left" python3 -m conrwkv.lm.sweep $(sweep_flags "$name") $EXTRA --parallel "$PARALLEL" \
+    timeout -k 20 -s TERM "$left" python3 -m conrwkv.lm.sweep $(sweep_flags "$name") $EXTRA --parallel "$PARALLEL" \
       --out "$ROOT/icl-$name" > "$OUT/sweep-$name.log" 2>&1 \
       || echo "icl_gpu: $name stopped (exit $?); the next call resumes it"
     grep -v "chains:" "$OUT/sweep-$name.log" | tail -n 25
     collect "$name"
   done
   ;;
+collect)
+  shift
+  for name in "$@"; do collect "$name"; done
+  ;;
 *)
-  echo "usage: sh bench/icl_gpu.sh bench | sweep NAME... (see its header)" >&2
+  echo "usage: sh bench/icl_gpu.sh bench | sweep NAME... | collect NAME... (see its header)" >&2
   exit 2
   ;;
 esac
