@@ -1,6 +1,6 @@
 """What the chunked torch backends of WKV6 and WKV7 share: the compute dtype, the shift of a
 sequence along one axis, the layout of a sequence as zero-padded chunks, the log-decays, and
-the intra-chunk scores built by halving (`intra_chunk_scores`), whose work and control flow do
+the intra-chunk scores built by halving (`intra_chunk_set_scores`), whose work and control flow do
 not depend on the values."""
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def floored_exp(x: Tensor) -> Tensor:
 
 def diagonal_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
     """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t within each block of 4 steps (0
-    elsewhere): [.., 4, 4]. r, k and log_decay [.., 4, N] broadcast against each other.
+    elsewhere): [.., 4, 4]. r, k and log_decay [.., 4, N] broadcast against each other (row
+    sets against column sets).
 
     A block of 4 has six such pairs, and each is written out with exactly the decays between
     its two steps: none for neighbours, decay_1, decay_2 or both for the others. No exponent
@@ -87,10 +88,18 @@ def diagonal_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
 
 
 def intra_chunk_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
-    """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t inside each chunk (0 elsewhere),
-    at the same cost whatever the decays, and with no exponent above 0. r, k and log_decay
-    [.., L, N] broadcast against each other (several row and column sets at once: the factors
-    of each are computed once); the result is [.., L, L] of the broadcast shape.
+    """sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j] for s < t inside each chunk (0 elsewhere):
+    r, k and log_decay [.., L, N] of the same shape -> [.., L, L]. One row set against one
+    column set of intra_chunk_set_scores."""
+    return intra_chunk_set_scores(r.unsqueeze(-2), k.unsqueeze(-2), log_decay)
+
+
+def intra_chunk_set_scores(rows: Tensor, cols: Tensor, log_decay: Tensor) -> Tensor:
+    """The scores sum_j x_t[j] y_s[j] prod_{s<m<t} decay_m[j] (s < t inside each chunk, 0
+    elsewhere) of R row sets x against C column sets y that share the decays, at the same cost
+    whatever the decays, and with no exponent above 0. rows [.., L, R, N], cols [.., L, C, N],
+    log_decay [.., L, N] -> [.., L * R, L * C], indexed (t, row set) by (s, column set): one
+    set's scores are the strided view [.., :, i, :, j] of its unflattened result.
 
     By halving: a block of 2h steps is its two halves on the diagonal (the same problem,
     recursively, down to blocks of 4, written out by diagonal_scores) and one off-diagonal
@@ -99,23 +108,31 @@ def intra_chunk_scores(r: Tensor, k: Tensor, log_decay: Tensor) -> Tensor:
     start to t-1) and a column factor (from s+1 to the first half's end), each a sum of
     log-decays over its own interval, hence <= 0: one matrix product, no overflow however fast
     the decays, and no factor that has to cancel another (so the gradients are as exact as the
-    values). The matrix products add up to half of one chunk-sized product. No branch depends
-    on the values, so the work is the same for every input, torch.compile sees one graph and
+    values). The sets sit beside the steps, so that each level's block is one matrix product
+    of every set against every set, with nothing to broadcast or copy. No branch depends on
+    the values, so the work is the same for every input, torch.compile sees one graph and
     torch.func.vmap can batch it."""
-    L = r.shape[-2]
+    *lead, L, R, N = rows.shape
+    C = cols.shape[-2]
     if L % DIAGONAL_BLOCK or (L // DIAGONAL_BLOCK) & (L // DIAGONAL_BLOCK - 1):
         raise ValueError(f"the chunk must be {DIAGONAL_BLOCK} times a power of 2, got {L}")
-    blocks = diagonal_scores(*(x.unflatten(-2, (-1, DIAGONAL_BLOCK)) for x in (r, k, log_decay)))
     h = DIAGONAL_BLOCK
+    by_block = [x.unflatten(-3, (-1, h)).transpose(-3, -2) for x in (rows, cols)]   # [.., L / 4, set, 4, N]
+    blocks = diagonal_scores(by_block[0].unsqueeze(-3), by_block[1].unsqueeze(-4),
+                             log_decay.unflatten(-2, (-1, h))[..., None, None, :, :])  # [.., L / 4, R, C, 4, 4]
+    batch = len(lead) + 1
+    blocks = blocks.permute(*range(batch), batch + 2, batch, batch + 3, batch + 1).reshape(*lead, L // h, h * R, h * C)
     while h < L:
-        # pairs of neighbouring blocks of h steps: [.., L / 2h, 2, h, N]
-        r2, k2, d2 = (x.unflatten(-2, (-1, 2, h)) for x in (r, k, log_decay))
+        # pairs of neighbouring blocks of h steps: [.., L / 2h, 2, h, (set,) N]
+        x2, y2 = (x.unflatten(-3, (-1, 2, h)) for x in (rows, cols))
+        d2 = log_decay.unflatten(-2, (-1, 2, h))
         to_t = torch.cumsum(shift(d2[..., 1, :, :], 1), dim=-2)          # second half's start .. t-1
         from_s = torch.cumsum(shift(d2[..., 0, :, :], -1).flip(-2), dim=-2).flip(-2)   # s+1 .. its end
-        rows, cols = r2[..., 1, :, :] * floored_exp(to_t), k2[..., 0, :, :] * floored_exp(from_s)
-        cross = rows @ cols.transpose(-1, -2)                                 # [.., L / 2h, h, h]
+        x_rows = (x2[..., 1, :, :, :] * floored_exp(to_t).unsqueeze(-2)).flatten(-3, -2)   # [.., L / 2h, h R, N]
+        y_cols = (y2[..., 0, :, :, :] * floored_exp(from_s).unsqueeze(-2)).flatten(-3, -2)
+        cross = x_rows @ y_cols.transpose(-1, -2)                              # [.., L / 2h, h R, h C]
         first, second = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]
         blocks = torch.cat([torch.cat([first, torch.zeros_like(cross)], -1),
-                            torch.cat([cross, second], -1)], -2)              # [.., L / 2h, 2h, 2h]
+                            torch.cat([cross, second], -1)], -2)              # [.., L / 2h, 2h R, 2h C]
         h *= 2
     return blocks.squeeze(-3)

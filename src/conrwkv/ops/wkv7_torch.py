@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunking import chunked_log_decay, compute_dtype, floored_exp, intra_chunk_scores, shift, to_chunks
+from .chunking import (chunked_log_decay, compute_dtype, floored_exp, intra_chunk_set_scores, shift,
+                       to_chunks)
 
 
 def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -47,6 +48,20 @@ def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Te
 
 
 DEFAULT_CHUNK = 16
+
+
+def unit_lower_inverse(strict_lower: Tensor) -> Tensor:
+    """(I - A)^-1 of strictly lower triangular A [.., L, L], L a power of 2: A^L = 0, so the
+    inverse is the finite product (I + A)(I + A^2)(I + A^4)... of log2(L) squarings, a few
+    batched matrix products where a triangular solve per right-hand side costs several times
+    more on the CPU."""
+    L = strict_lower.shape[-1]
+    power = strict_lower
+    inverse = torch.eye(L, dtype=power.dtype, device=power.device) + power
+    for _ in range(L.bit_length() - 2):               # the factors I + A^2 .. I + A^(L/2)
+        power = power @ power
+        inverse = inverse + inverse @ power
+    return inverse
 
 
 def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -86,31 +101,39 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     chunk_decay = floored_exp(cum[..., -1, :])[..., None]                 # [B, H, n, N, 1]
 
     # All four scores in one halving: rows (a, r_t decay_t) against columns (b, k), s < t.
-    rows = torch.stack([ac, rc * floored_exp(log_decay)], dim=3).unsqueeze(4)   # [B, H, n, 2, 1, L, N]
-    cols = torch.stack([bc, kc], dim=3).unsqueeze(3)                           # [B, H, n, 1, 2, L, N]
-    scores = intra_chunk_scores(rows, cols, log_decay[:, :, :, None, None])    # [B, H, n, 2, 2, L, L]
-    a_b, a_k = scores[:, :, :, 0, 0], scores[:, :, :, 0, 1]
-    r_b = scores[:, :, :, 1, 0] + torch.diag_embed((rc * bc).sum(-1))
-    r_k = scores[:, :, :, 1, 1] + torch.diag_embed((rc * kc).sum(-1))
+    rows = torch.stack([ac, rc * floored_exp(log_decay)], dim=-2)             # [B, H, n, L, 2, N]
+    cols = torch.stack([bc, kc], dim=-2)
+    scores = intra_chunk_set_scores(rows, cols, log_decay).unflatten(-1, (L, 2)).unflatten(-3, (L, 2))
+    # each set's [L, L] blocks made contiguous: a batched product of strided matrices would copy
+    # every matrix of the batch on its own
+    a_b, a_k = scores[..., 0, :, 0].contiguous(), scores[..., 0, :, 1].contiguous()   # [B, H, n, L, L]
+    r_b = scores[..., 1, :, 0] + torch.diag_embed((rc * bc).sum(-1))
+    r_k = scores[..., 1, :, 1] + torch.diag_embed((rc * kc).sum(-1))
 
     # u = W S_0 + U0, with W and U0 the solutions for the state-free parts.
-    system = torch.eye(L, dtype=dt, device=r.device) - a_b
-    W = torch.linalg.solve_triangular(system, ac * floored_exp(cum_before), upper=False,
-                                      unitriangular=True)
-    U0 = torch.linalg.solve_triangular(system, a_k @ vc, upper=False, unitriangular=True)
+    inverse = unit_lower_inverse(a_b)
+    W = inverse @ (ac * floored_exp(cum_before))
+    U0 = inverse @ (a_k @ vc)
     r_start = rc * floored_exp(cum)                                         # r_t decayed back to S_0
-    y_free = r_k @ vc
     b_end = (bc * floored_exp(cum_after)).transpose(-1, -2)                # [B, H, n, N, L]
     k_end_v = (kc * floored_exp(cum_after)).transpose(-1, -2) @ vc         # [B, H, n, N, N]
 
     S = r.new_zeros(B, H, N, N, dtype=dt) if state is None else state.to(dt).expand(B, H, N, N)
-    ys = []
-    # Each chunk's slices by one unbind: the backward of an index per chunk would write a
+    # The loop carries only the state, with (batch row, head) as one batch axis: per chunk,
+    # u = W S + U0 and S' = decay S + b_end u + k_end_v in three fused products; y, which
+    # needs no later chunk, is computed from the chunks' incoming states after the loop. Each
+    # chunk's slices come from one unbind: the backward of an index per chunk would write a
     # full-sized zero gradient per chunk (quadratic in the number of chunks).
-    per_chunk = zip(*(x.unbind(2) for x in (W, U0, r_start, r_b, y_free, chunk_decay, b_end, k_end_v)))
-    for W_c, U0_c, r_start_c, r_b_c, y_free_c, decay_c, b_end_c, k_end_v_c in per_chunk:
-        u = W_c @ S + U0_c
-        ys.append(r_start_c @ S + r_b_c @ u + y_free_c)
-        S = decay_c * S + b_end_c @ u + k_end_v_c
-    y = torch.stack(ys, dim=2).reshape(B, H, n_chunks * L, N)[:, :, :T].transpose(1, 2)
-    return y.to(out_dtype), S
+    def per_chunk(x: Tensor) -> tuple[Tensor, ...]:
+        return x.reshape(B * H, n_chunks, *x.shape[3:]).transpose(0, 1).contiguous().unbind(0)
+
+    S = S.reshape(B * H, N, N)
+    starts, us = [], []
+    for W_c, U0_c, decay_c, b_end_c, k_end_v_c in zip(*map(per_chunk, (W, U0, chunk_decay, b_end, k_end_v))):
+        starts.append(S)
+        us.append(torch.baddbmm(U0_c, W_c, S))
+        S = torch.baddbmm(torch.addcmul(k_end_v_c, decay_c, S), b_end_c, us[-1])
+    S_start, u = (torch.stack(x, 1).reshape(B, H, n_chunks, *x[0].shape[1:]) for x in (starts, us))
+    y = r_start @ S_start + r_b @ u + r_k @ vc
+    y = y.reshape(B, H, n_chunks * L, N)[:, :, :T].transpose(1, 2)
+    return y.to(out_dtype), S.reshape(B, H, N, N)
