@@ -17,6 +17,7 @@
 # more at once run no faster in total (2026-12-02: 12 at once finished none in 430 s).
 # A machine that went cold lost the runs in flight; the tars from earlier calls can be carried
 # back as .gpu/icl-<name>.tar (git-ignored) and are unpacked first, so finished runs are kept.
+# A grid run in parts (SEEDS, DEPTHS) becomes one table with python -m conrwkv.lm.sweep_merge.
 set -eu
 
 PHASE=${1:-}

@@ -33,7 +33,8 @@ def test_two_parts_give_the_whole_sweeps_table_and_figures(tmp_path, capsys):
     assert main([str(p) for p in paths] + ["--out", str(tmp_path / "all")]) == 0
     merged = json.loads((tmp_path / "all" / "sweep.json").read_text())
     assert merged["args"]["seeds"] == [0, 1] and len(merged["runs"]) == len(whole["runs"]) == 48
-    assert (tmp_path / "all" / "sweep.md").read_text().strip() == make_table(whole["runs"], [0, 2, 3, 4, 5, 6])
+    table = make_table(whole["runs"], [0, 2, 3, 4, 5, 6])
+    assert (tmp_path / "all" / "sweep.md").read_text().strip() == table
     assert "± " in capsys.readouterr().out                     # two seeds: mean ± spread
     for figure in ("sweep.png", "curves.png"):
         assert (tmp_path / "all" / figure).read_bytes()[:4] == b"\x89PNG"

@@ -117,18 +117,21 @@ def intra_chunk_set_scores(rows: Tensor, cols: Tensor, log_decay: Tensor) -> Ten
     if L % DIAGONAL_BLOCK or (L // DIAGONAL_BLOCK) & (L // DIAGONAL_BLOCK - 1):
         raise ValueError(f"the chunk must be {DIAGONAL_BLOCK} times a power of 2, got {L}")
     h = DIAGONAL_BLOCK
+    # blocks of 4 steps, row sets against column sets: [.., L / 4, R, C, 4, 4]
     by_block = [x.unflatten(-3, (-1, h)).transpose(-3, -2) for x in (rows, cols)]   # [.., L / 4, set, 4, N]
     blocks = diagonal_scores(by_block[0].unsqueeze(-3), by_block[1].unsqueeze(-4),
-                             log_decay.unflatten(-2, (-1, h))[..., None, None, :, :])  # [.., L / 4, R, C, 4, 4]
+                             log_decay.unflatten(-2, (-1, h))[..., None, None, :, :])
     batch = len(lead) + 1
-    blocks = blocks.permute(*range(batch), batch + 2, batch, batch + 3, batch + 1).reshape(*lead, L // h, h * R, h * C)
+    blocks = blocks.permute(*range(batch), batch + 2, batch, batch + 3, batch + 1)       # steps beside sets
+    blocks = blocks.reshape(*lead, L // h, h * R, h * C)
     while h < L:
         # pairs of neighbouring blocks of h steps: [.., L / 2h, 2, h, (set,) N]
         x2, y2 = (x.unflatten(-3, (-1, 2, h)) for x in (rows, cols))
         d2 = log_decay.unflatten(-2, (-1, 2, h))
         to_t = torch.cumsum(shift(d2[..., 1, :, :], 1), dim=-2)          # second half's start .. t-1
         from_s = torch.cumsum(shift(d2[..., 0, :, :], -1).flip(-2), dim=-2).flip(-2)   # s+1 .. its end
-        x_rows = (x2[..., 1, :, :, :] * floored_exp(to_t).unsqueeze(-2)).flatten(-3, -2)   # [.., L / 2h, h R, N]
+        # [.., L / 2h, h R, N] and [.., L / 2h, h C, N]
+        x_rows = (x2[..., 1, :, :, :] * floored_exp(to_t).unsqueeze(-2)).flatten(-3, -2)
         y_cols = (y2[..., 0, :, :, :] * floored_exp(from_s).unsqueeze(-2)).flatten(-3, -2)
         cross = x_rows @ y_cols.transpose(-1, -2)                              # [.., L / 2h, h R, h C]
         first, second = blocks[..., 0::2, :, :], blocks[..., 1::2, :, :]

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunking import (chunked_log_decay, compute_dtype, floored_exp, intra_chunk_set_scores, shift,
-                       to_chunks)
+from .chunking import chunked_log_decay, compute_dtype, floored_exp, intra_chunk_set_scores, shift, to_chunks
 
 
 def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
