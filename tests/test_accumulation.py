@@ -73,7 +73,9 @@ def test_lm_micro_batches_train_the_weights_of_one_big_batch(markov, tmp_path):
     train_lm(*big[:1], {}, big[1])
     small = markov_lm_configs(markov, tmp_path / "small", micro_bsz=8, accumulate_grad_batches=4, max_steps=3)
     train_lm(*small[:1], {}, small[1])
-    assert_close(weights(tmp_path / "small", 3), weights(tmp_path / "big", 3), atol=1e-6)
+    # The summation order (4 micro-batches against one batch) moves the weights by about 1e-6
+    # after 3 Adam steps; a window that drops one of its 4 micro-batches moves them by 6e-3.
+    assert_close(weights(tmp_path / "small", 3), weights(tmp_path / "big", 3), atol=1e-5)
 
 
 def stop_inside_a_window(monkeypatch, micro_batches):
