@@ -80,3 +80,13 @@ def test_an_existing_merged_table_is_not_overwritten(tmp_path):
 def test_a_missing_part_is_named(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere.json"), "--out", str(tmp_path / "all")]) == 2
     assert "nowhere.json does not exist" in capsys.readouterr().err
+
+
+def test_a_part_that_is_not_a_sweeps_record_is_named(tmp_path, capsys):
+    _, paths = split_by_seed(tmp_path)
+    part = json.loads(paths[1].read_text())
+    del part["runs"][3]["gap"]
+    paths[1].write_text(json.dumps(part))
+    assert main([str(p) for p in paths] + ["--out", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err
+    assert str(paths[1]) in err and "a run without gap" in err

@@ -23,6 +23,7 @@ from .sweep import make_table, plot_curves, plot_heatmap, sweep_label
 # What the parts may differ in: the grid's axes and how it was run, not what a run is.
 GRID_AXES = ("orders", "kernels", "depths", "seeds")
 HOW_RUN = ("out", "parallel", "threads_per_run", "group_size", "dry_run", "cuda_graphs", "engine")
+RUN_FIELDS = ("order", "kernel", "depth", "seed", "gap", "loss", "bayes", "lower_order")
 
 
 def run_key(row: dict) -> tuple[int, int, int, int]:
@@ -52,6 +53,9 @@ def merge(paths: list[Path]) -> dict:
             print(f"sweep_merge: note: {path} is a sweep that had not finished; its finished runs "
                   f"are taken", file=sys.stderr)
         for row in part["runs"]:
+            missing = [key for key in RUN_FIELDS if not isinstance(row, dict) or key not in row]
+            if missing:
+                raise ValueError(f"{path}: a run without {', '.join(missing)}: not a sweep's run record")
             row = {**row, "curve": curve_points(row.get("curve", []))}
             key = run_key(row)
             if key in rows and (rows[key]["gap"], rows[key]["loss"]) != (row["gap"], row["loss"]):
