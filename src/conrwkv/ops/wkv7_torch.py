@@ -73,11 +73,11 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     triangular system, (I - A_ab) u = (decayed a) S_0 + A_ak V, where A_ab[t, s] and A_ak[t, s]
     (s < t) are a_t . b_s and a_t . k_s through the decays between them; y and the outgoing
     state then follow from u by matrix products. The parts that do not depend on the incoming
-    state (the two solves, every score) are computed for all chunks at once; the loop over
+    state (the system's inverse, every score) are computed for all chunks at once; the loop over
     chunks does a few small matrix products.
 
     Numerics, as in wkv6_chunked: the four score matrices are built by halving
-    (chunking.intra_chunk_scores), each factored only around the boundary between two halves,
+    (chunking.intra_chunk_set_scores), each factored only around the boundary between two halves,
     so every exponent taken is a sum of log-decays over an interval, hence <= 0, whatever the
     decays. The a side reads the exclusive decays prod_{s<m<t}; the r side the inclusive ones,
     which are the exclusive ones times decay_t (folded into r_t) plus the diagonal s = t, with
