@@ -2,7 +2,7 @@
 its compact Opus pack for carrying to another machine, a folder of the synthesisers that runs
 without installation (synthkit), English LM text from Debian packages, and JSONL manifests
 from any supported speech source. The logic lives in conrwkv.data.offline.synth, synthkit,
-corpus_pack, text_sources, lm_text and speech; this file only reads flags.
+corpus_pack, text_sources, lm_text, digits and speech; this file only reads flags.
 
     python dataset2.py synth --out data/synth --train 200 --dev 40 --test_clean 40 --test_other 40
     python dataset2.py synth --out data/synth40h --voices all --hours 40 --pitches -2 0 2 --snr_db 5 30
@@ -12,6 +12,8 @@ corpus_pack, text_sources, lm_text and speech; this file only reads flags.
     python dataset2.py pack --corpus data/synth --out data/synth.tar
     python dataset2.py unpack --pack data/synth.tar --out data/synth
     python dataset2.py lmtext --corpus data/synth --out data/lm-text --copy_fraction 0.2
+    python dataset2.py synth --out data/digits --text digits --min_words 3 --max_words 8
+    python dataset2.py digitlm --corpus data/digits --out data/digits-lm
     python dataset2.py manifest --source data/LibriSpeech --split test-clean --out test-clean.jsonl
 """
 
@@ -23,6 +25,7 @@ import math
 import sys
 
 from conrwkv.data.offline.corpus_pack import pack_corpus, unpack_corpus
+from conrwkv.data.offline.digits import write_digit_lm_text
 from conrwkv.data.offline.lm_text import corpus_transcripts, write_lm_text
 from conrwkv.data.offline.synth import (
     ALL_VOICES,
@@ -31,6 +34,7 @@ from conrwkv.data.offline.synth import (
     DEFAULT_VOICES,
     ENGINES,
     HELDOUT_EVERY,
+    TEXTS,
     SynthConfig,
     synthesize_corpus,
 )
@@ -94,8 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add white or pink noise at a signal-to-noise ratio drawn from [LOW, HIGH] dB")
     synth.add_argument("--noise_fraction", type=float, default=defaults.noise_fraction,
                        help="share of the utterances that get noise (with --snr_db)")
-    synth.add_argument("--min_words", type=int, default=defaults.min_words, help="fewest words per utterance")
-    synth.add_argument("--max_words", type=int, default=defaults.max_words, help="most words per utterance")
+    synth.add_argument("--min_words", type=int, default=defaults.min_words,
+                       help="fewest words per utterance (digits with --text digits)")
+    synth.add_argument("--max_words", type=int, default=defaults.max_words,
+                       help="most words per utterance (digits with --text digits)")
+    synth.add_argument("--text", default=defaults.text, choices=TEXTS,
+                       help="what the utterances say: WordNet's example sentences, or digit strings "
+                            "said one word per digit (e.g. --text digits --min_words 3 --max_words 8)")
     synth.add_argument("--tools", default=None,
                        help="run the synthesisers from this folder made by synthkit (default: the "
                             "installed ones)")
@@ -179,6 +188,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="separator of the copy documents (AsrConfig.separator)")
     lmtext.add_argument("--seed", type=int, default=0, help="seed for the choice of copy documents")
 
+    digitlm = commands.add_parser(
+        "digitlm", help="write digit strings (with copy documents) as LM training text (binidx, "
+                        "World tokens)",
+        description="Write <out>/train.{bin,idx}: --documents digit strings said one word per digit "
+                    "(lowercase, one document each ending in token 0), none of them a transcript of "
+                    "--exclude_splits of --corpus, each followed with probability --copy_fraction by "
+                    "'string # string'; the transcripts of --val_splits become <out>/val.{bin,idx}; "
+                    "the counts go to <out>/digits-lm-meta.json. The LM text of a corpus made with "
+                    "synth --text digits.")
+    digitlm.add_argument("--corpus", required=True, help="digits corpus whose test strings must stay unseen")
+    digitlm.add_argument("--out", required=True, help="output folder for the binidx files and the meta file")
+    digitlm.add_argument("--documents", type=int, default=50000, help="digit-string documents")
+    digitlm.add_argument("--min_digits", type=int, default=3, help="fewest digits per string")
+    digitlm.add_argument("--max_digits", type=int, default=8, help="most digits per string")
+    digitlm.add_argument("--exclude_splits", nargs="+", default=["dev", "test-clean", "test-other"],
+                         help="splits of --corpus whose transcripts are left out of the LM text")
+    digitlm.add_argument("--val_splits", nargs="*", default=["dev"],
+                         help="splits of --corpus whose transcripts become the LM validation text")
+    digitlm.add_argument("--copy_fraction", type=float, default=0.5,
+                         help="probability that a string is followed by 'string # string'")
+    digitlm.add_argument("--separator", default="#",
+                         help="separator of the copy documents (AsrConfig.separator)")
+    digitlm.add_argument("--seed", type=int, default=0, help="seed of the strings and of the copies")
+
     manifest = commands.add_parser(
         "manifest", help="write a JSONL manifest (id, audio, text, duration) from any supported source",
         description="Read a LibriSpeech split folder, a datasets save_to_disk folder or a JSONL manifest "
@@ -230,7 +263,7 @@ def run(args: argparse.Namespace) -> None:
                              min_words=args.min_words, max_words=args.max_words, hours=args.hours,
                              pitches=tuple(args.pitches),
                              snr_db=None if args.snr_db is None else tuple(args.snr_db),
-                             noise_fraction=args.noise_fraction)
+                             noise_fraction=args.noise_fraction, text=args.text)
         synthesize_corpus(args.out, config, workers=args.workers or None, progress=not args.no_progress,
                           plan_only=args.plan_only,
                           tools=args.tools)
@@ -269,6 +302,16 @@ def run(args: argparse.Namespace) -> None:
                   f"{counts['duplicates']} duplicates, "
                   f"{counts['excluded_exact'] + counts['excluded_containing']} excluded")
         print(f"lmtext: {meta['train_tokens']} train tokens in {args.out}/train (lmtext-meta.json beside it)")
+    elif args.command == "digitlm":
+        meta = write_digit_lm_text(args.out, args.documents,
+                                   exclude=corpus_transcripts(args.corpus, args.exclude_splits),
+                                   val_texts=corpus_transcripts(args.corpus, args.val_splits)
+                                   if args.val_splits else (), min_digits=args.min_digits,
+                                   max_digits=args.max_digits, copy_fraction=args.copy_fraction,
+                                   separator=args.separator, seed=args.seed)
+        print(f"digitlm: {meta['documents']} strings and {meta['copy_documents']} copies, "
+              f"{meta['train_tokens']} train tokens in {args.out}/train ({meta['excluded']} drawn strings "
+              f"were test strings and left out)")
     else:
         utterances = load_corpus(args.source, args.split, text_column=args.text_column,
                                  skip_bad_audio=args.skip_bad_audio, min_duration=args.min_duration,

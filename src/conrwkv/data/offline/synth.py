@@ -59,6 +59,9 @@ from tqdm import tqdm
 from conrwkv.data.speech import SAMPLE_RATE, load_audio
 from conrwkv.io import atomic_json_save, atomic_write_bytes, read_json, text_lines
 
+from .digits import TEXT_SOURCE as DIGITS_TEXT_SOURCE
+from .digits import digit_string_pairs, distinct_strings
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test-clean", "test-other")
@@ -87,7 +90,11 @@ ESTIMATED_SECONDS_PER_WORD = 0.25
 FORMAT_VERSION = 1
 # Options added after the first corpora were made: left out of the recorded parameters while
 # they have these values, so that those corpora still resume and are still reused.
-LATER_DEFAULTS = {"hours": 0.0, "pitches": [0.0], "snr_db": None, "noise_fraction": 1.0}
+LATER_DEFAULTS = {"hours": 0.0, "pitches": [0.0], "snr_db": None, "noise_fraction": 1.0, "text": "wordnet"}
+# What the utterances say: WordNet's example sentences, or digit strings (digits.py), whose
+# min_words..max_words count digits; the digit list holds this many distinct strings.
+TEXTS = ("wordnet", "digits")
+DIGIT_STRINGS = 20000
 
 _SPEAKABLE = re.compile(r"[A-Za-z][A-Za-z' ,;:!?-]*[.!?]?")
 _TWO_CAPITALS_IN_A_WORD = re.compile(r"[A-Z][A-Za-z']*[A-Z]")     # acronyms, Roman numerals, McNames
@@ -139,6 +146,7 @@ class SynthConfig:
     pitches: tuple[float, ...] = (0.0,)
     snr_db: tuple[float, float] | None = None
     noise_fraction: float = 1.0
+    text: str = "wordnet"
 
     def counts(self) -> dict[str, int]:
         return {"train": self.train, "dev": self.dev, "test-clean": self.test_clean,
@@ -170,6 +178,11 @@ class SynthConfig:
             raise ValueError(f"noise_fraction must be in [0, 1], got {self.noise_fraction}")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError(f"need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+        if self.text not in TEXTS:
+            raise ValueError(f"text must be one of {', '.join(TEXTS)}, got {self.text!r}")
+        if self.text == "digits" and distinct_strings(self.min_words, self.max_words) < 2 * DIGIT_STRINGS:
+            raise ValueError(f"digit strings of {self.min_words}-{self.max_words} digits are too few for "
+                             f"{DIGIT_STRINGS} distinct ones: allow longer strings (max_words)")
 
     def params(self) -> dict:
         """The parameters as they read back from JSON (tuples as lists), for comparison."""
@@ -440,11 +453,11 @@ class Tools:
         return "installed" if self.root is None else f"from the folder {self.root}"
 
 
-def ensure_tools(voices: list[Voice], tools: Tools = Tools()) -> None:
-    """Stop, saying what to install, unless the synthesisers the voices need and the WordNet
-    text are there. A data tool never installs system packages itself."""
+def ensure_tools(voices: list[Voice], tools: Tools = Tools(), needs_wordnet: bool = True) -> None:
+    """Stop, saying what to install, unless the synthesisers the voices need and (for its
+    sentences) the WordNet text are there. A data tool never installs system packages itself."""
     missing = tools.missing_packages({v.engine for v in voices})
-    if not all((tools.wordnet_dir() / name).is_file() for name in WORDNET_FILES):
+    if needs_wordnet and not all((tools.wordnet_dir() / name).is_file() for name in WORDNET_FILES):
         missing.append(APT_PACKAGES["wordnet"])
     if missing:
         where = "" if tools.root is None else f" (nor in --tools {tools.root})"
@@ -683,15 +696,20 @@ def synthesize_corpus(out: str | os.PathLike, config: SynthConfig, workers: int 
         log.info("synthesisers from the kit %s: %s", kit.root, ", ".join(kit.kit.get("engines", ())))
     named = resolve_voices(config, kit)
     voices = [Voice.parse(v) for v in (*named.voices, *named.heldout_voices)]
-    ensure_tools(voices, kit)
+    ensure_tools(voices, kit, needs_wordnet=config.text == "wordnet")
     check_voices(voices, kit)
-    plan = plan_corpus(named, load_sentences(config.min_words, config.max_words, kit.wordnet_dir()))
+    if config.text == "digits":
+        sentences = digit_string_pairs(DIGIT_STRINGS, config.min_words, config.max_words, config.seed)
+    else:
+        sentences = load_sentences(config.min_words, config.max_words, kit.wordnet_dir())
+    plan = plan_corpus(named, sentences)
     speakers = {str(i + 1): v for i, v in enumerate((*named.voices, *named.heldout_voices))}
     if existing is not None and existing.get("speakers", speakers) != speakers:
         raise FileExistsError(f"{root} was started with other voices than the synthesisers {kit.where()} "
                               f"have now ({len(existing.get('speakers', {}))} there, {len(speakers)} "
                               "now); finish it where it was started, or choose a new --out")
-    meta = {"params": config.params(), "text_source": TEXT_SOURCE, "speakers": speakers,
+    text_source = DIGITS_TEXT_SOURCE if config.text == "digits" else TEXT_SOURCE
+    meta = {"params": config.params(), "text_source": text_source, "speakers": speakers,
             "chapters": {str(i + 1): s for i, s in enumerate(config.speeds)},
             "heldout_speakers": [k for k, v in speakers.items() if v in named.heldout_voices],
             **plan_summary(plan), "utterance_table": "utterances.tsv", "tools": kit.versions(),
