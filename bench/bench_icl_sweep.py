@@ -50,13 +50,14 @@ def step_rates(root: Path, device: str, sizes: list[int], depths: list[int], ste
                 spec = icl_sweep.group_spec(args, data, kernel=4, depth=depth,
                                             runs=[(2, seed) for seed in range(members)])
                 spec = dataclasses.replace(spec, eval_chains=32, cuda_graphs=graphs)
+                if device == "cuda":
+                    # before the trainer: a graph's memory pool is allocated while it is captured
+                    torch.cuda.reset_peak_memory_stats()
                 trainer = GroupTrainer(spec)
                 first = time.perf_counter()
                 losses = [trainer.train_step() for _ in range(warmup)]   # a graph is captured here
                 torch.stack(losses).tolist()
                 warmup_s = time.perf_counter() - first
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
                 start = time.perf_counter()
                 for _ in range(steps):
                     losses.append(trainer.train_step())

@@ -13,13 +13,13 @@ from conrwkv.lm.sweep import make_table
 from conrwkv.lm.sweep_merge import main
 
 ROOT = Path(__file__).resolve().parents[1]
-KEPT = ROOT / "docs" / "icl-x070.json"          # a real tabulation: 48 runs, seeds 0 and 1
+KEPT = ROOT / "docs" / "icl-x070.json"          # a real tabulation: 144 runs, seeds 0-2
 
 
 def split_by_seed(tmp_path: Path) -> tuple[dict, list[Path]]:
     whole = json.loads(KEPT.read_text())
     paths = []
-    for seed in (0, 1):
+    for seed in whole["args"]["seeds"]:
         part = {**whole, "args": {**whole["args"], "seeds": [seed], "parallel": 6 - seed},
                 "runs": [r for r in whole["runs"] if r["seed"] == seed]}
         paths.append(tmp_path / f"part{seed}" / "sweep.json")
@@ -32,10 +32,10 @@ def test_two_parts_give_the_whole_sweeps_table_and_figures(tmp_path, capsys):
     whole, paths = split_by_seed(tmp_path)
     assert main([str(p) for p in paths] + ["--out", str(tmp_path / "all")]) == 0
     merged = json.loads((tmp_path / "all" / "sweep.json").read_text())
-    assert merged["args"]["seeds"] == [0, 1] and len(merged["runs"]) == len(whole["runs"]) == 48
+    assert merged["args"]["seeds"] == [0, 1, 2] and len(merged["runs"]) == len(whole["runs"]) == 144
     table = make_table(whole["runs"], [0, 2, 3, 4, 5, 6])
     assert (tmp_path / "all" / "sweep.md").read_text().strip() == table
-    assert "± " in capsys.readouterr().out                     # two seeds: mean ± spread
+    assert "± " in capsys.readouterr().out                     # three seeds: mean ± spread
     for figure in ("sweep.png", "curves.png"):
         assert (tmp_path / "all" / figure).read_bytes()[:4] == b"\x89PNG"
     assert merged["runs"][0]["curve"][0].keys() == {"step", "gap"}
@@ -43,8 +43,8 @@ def test_two_parts_give_the_whole_sweeps_table_and_figures(tmp_path, capsys):
 
 def test_a_run_in_two_parts_with_the_same_result_is_kept_once(tmp_path):
     _, paths = split_by_seed(tmp_path)
-    assert main([str(paths[0]), str(paths[0]), str(paths[1]), "--out", str(tmp_path / "all")]) == 0
-    assert len(json.loads((tmp_path / "all" / "sweep.json").read_text())["runs"]) == 48
+    assert main([str(paths[0]), *map(str, paths), "--out", str(tmp_path / "all")]) == 0
+    assert len(json.loads((tmp_path / "all" / "sweep.json").read_text())["runs"]) == 144
 
 
 def test_parts_of_different_settings_are_refused_naming_the_file_and_flag(tmp_path, capsys):
