@@ -20,6 +20,8 @@ import torch
 
 from conrwkv.ops import wkv6, wkv6_sequential
 from conrwkv.ops import wkv6_cuda as cuda_mod
+from conrwkv.ops.sequence_split import choose_segments, segment_length, split_sequence
+from conrwkv.ops.wkv6_torch import wkv6_chunked
 
 TOL = 5e-3            # bf16 inputs and outputs; the peers sit at 1.7e-3 .. 3e-3
 FAST_LIMIT2 = 86.0    # cuda/wkv6_common.cuh: chunks beyond it take the exact path
@@ -140,9 +142,8 @@ def _code(dtype):
     return 0 if dtype == torch.bfloat16 else 1
 
 
-def emulated(dll, inputs, dy, dsf, want_ds0):
-    """Forward then backward through the emulated kernels, outputs poisoned with NaN beforehand."""
-    r, k, v, w, u, s0 = inputs
+def emulated_forward(dll, r, k, v, w, u, s0):
+    """y, final state and the stored states of the emulated forward, outputs poisoned with NaN."""
     B, T, H, N = r.shape
     nan = float("nan")
     y, final = torch.full_like(r, nan), torch.full((B, H, N, N), nan)
@@ -151,6 +152,13 @@ def emulated(dll, inputs, dy, dsf, want_ds0):
     rc = dll.wkv6_emu_forward(N, _code(r.dtype), _code(w.dtype), *map(_ptr, (r, k, v, w, u, s0)),
                               ctypes.c_longlong(stride), _ptr(y), _ptr(final), _ptr(ckpt), B, T, H)
     assert rc == 0, dll.wkv6_emu_error()
+    return y, final, ckpt
+
+
+def emulated_backward(dll, r, k, v, w, u, ckpt, dy, dsf, want_ds0):
+    """dr, dk, dv, dw, du [B, H, N] and ds0 (None unless want_ds0) of the emulated backward."""
+    B, T, H, N = r.shape
+    nan = float("nan")
     dr, dk, dv = (torch.full_like(r, nan) for _ in range(3))
     dw, du = torch.full_like(w, nan), torch.full((B, H, N), nan)
     ds0 = torch.full((B, H, N, N), nan) if want_ds0 else None
@@ -158,6 +166,14 @@ def emulated(dll, inputs, dy, dsf, want_ds0):
     rc = dll.wkv6_emu_backward(N, _code(r.dtype), _code(w.dtype), *map(_ptr, (r, k, v, w, u, ckpt, dy, dsf)),
                                _ptr(scratch), *map(_ptr, (dr, dk, dv, dw, du, ds0)), B, T, H)
     assert rc == 0, dll.wkv6_emu_error()
+    return dr, dk, dv, dw, du, ds0
+
+
+def emulated(dll, inputs, dy, dsf, want_ds0):
+    """Forward then backward through the emulated kernels."""
+    r, k, v, w, u, s0 = inputs
+    y, final, ckpt = emulated_forward(dll, r, k, v, w, u, s0)
+    dr, dk, dv, dw, du, ds0 = emulated_backward(dll, r, k, v, w, u, ckpt, dy, dsf, want_ds0)
     if ds0 is not None and s0.dim() == 3:
         ds0 = ds0.sum(0)
     return y, final, [dr, dk, dv, dw, du.sum(0), ds0]
@@ -198,6 +214,63 @@ def test_emulated_cases_cover_both_intra_chunk_paths():
     assert fractions[(-8.0, 1.0)] == 0.0
     assert 0.1 < fractions[(-8.0, 2.8)] < 0.9
     assert fractions[(-1.0, 5.0)] == 1.0
+
+
+class EmulatedSegments(torch.autograd.Function):
+    """The emulated kernels as the op that split_sequence runs each segment on: from a zero state,
+    returning the final state, with the kernels' backward (the final state's gradient included)."""
+
+    @staticmethod
+    def forward(ctx, dll, r, k, v, w, u):
+        y, final, ckpt = emulated_forward(dll, r, k, v, w, u, None)
+        ctx.dll = dll
+        ctx.save_for_backward(r, k, v, w, u, ckpt)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        r, k, v, w, u, ckpt = ctx.saved_tensors
+        dr, dk, dv, dw, du, _ = emulated_backward(ctx.dll, r, k, v, w, u, ckpt, dy.contiguous(),
+                                                  dfinal.contiguous(), False)
+        return None, dr, dk, dv, dw, du.sum(0)
+
+
+SPLIT_EMULATED = [  # B, T, H, N, state, segment length (None: chosen for a GPU of 132 SMs)
+    (1, 16384, 1, 32, "per_row", None),     # 64 segments of 256 steps, boundaries at chunk edges
+    (2, 1000, 1, 64, "shared", 37),          # boundaries inside the kernels' 16-step chunks
+    (2, 2048, 2, 64, "none", 512),
+]
+
+
+@pytest.mark.parametrize("B,T,H,N,state,length", SPLIT_EMULATED)
+def test_emulated_kernels_split_into_segments_match_reference(emulator, B, T, H, N, state, length):
+    if length is None:
+        length = segment_length(T, choose_segments(B, H, T, sm_count=132))
+    assert length < T
+    inputs = make_inputs(B, T, H, N, state)
+    dy = torch.randn(B, T, H, N).to(torch.bfloat16)
+    dsf = torch.randn(B, H, N, N)
+    leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
+
+    def segments_op(r, k, v, w, u, seg_state, return_state):
+        assert seg_state is None and return_state
+        return EmulatedSegments.apply(emulator, r, k, v, w, u)
+
+    y, final = split_sequence(segments_op, *leaves, length)
+    torch.autograd.backward([y, final], [dy, dsf])
+    if T > 1024:   # the float64 chunked backend: the sequential one's autograd graph is slow at these T
+        ref_leaves = [x.detach().double().requires_grad_(True) if x is not None else None for x in inputs]
+        y_ref, final_ref = wkv6_chunked(*ref_leaves)
+        torch.autograd.backward([y_ref, final_ref], [dy.double(), dsf.double()])
+        grads_ref = [x.grad if x is not None else None for x in ref_leaves]
+    else:
+        y_ref, final_ref, grads_ref = reference(inputs, dy, dsf)
+    assert y.dtype == torch.bfloat16 and rel(y, y_ref) < TOL and rel(final, final_ref) < TOL
+    for name, leaf, ref in zip(("r", "k", "v", "w", "u", "state"), leaves, grads_ref):
+        if ref is None:
+            continue
+        assert torch.isfinite(leaf.grad).all(), name
+        assert rel(leaf.grad, ref) < TOL, (name, rel(leaf.grad, ref))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,6 +343,25 @@ def test_cuda_head_size_32():
     assert rel(y, y_ref) < TOL and rel(final, final_ref) < TOL
     for name, got, ref in zip(("r", "k", "v", "w", "u", "state"), grads, grads_ref):
         assert rel(got, ref) < TOL, (name, rel(got, ref))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,T,H", [(1, 4096, 2), (2, 1000, 1)])
+def test_cuda_split_path_matches_reference_and_the_whole_sequence(B, T, H):
+    N = 64
+    chosen = choose_segments(B, H, T, cuda_mod.sm_count(torch.cuda.current_device()))
+    assert chosen > 1                                   # these shapes take the split path
+    inputs = make_inputs(B, T, H, N, "per_row", device="cuda")
+    dy = torch.randn(B, T, H, N, device="cuda").to(torch.bfloat16)
+    dsf = torch.randn(B, H, N, N, device="cuda")
+    y_ref, final_ref, grads_ref = reference(inputs, dy, dsf)
+    for segments in (None, 1, 7):
+        leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+        y, final = cuda_mod.wkv6_cuda(*leaves, return_state=True, segments=segments)
+        torch.autograd.backward([y, final], [dy, dsf])
+        assert rel(y, y_ref) < TOL and rel(final, final_ref) < TOL, segments
+        for name, leaf, ref in zip(("r", "k", "v", "w", "u", "state"), leaves, grads_ref):
+            assert rel(leaf.grad, ref) < TOL, (segments, name, rel(leaf.grad, ref))
 
 
 @pytest.mark.cuda

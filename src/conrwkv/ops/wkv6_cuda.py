@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .sequence_split import choose_segments, segment_length, split_sequence
+
 HEAD_SIZES = (32, 64)   # 128 would need more shared memory per block than the GPU has
 _SOURCES = ("wkv6_binding.cpp", "wkv6_fwd.cu", "wkv6_bwd.cu")
 
@@ -150,9 +152,18 @@ def kernel_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state
     return dr.to(r.dtype), dk.to(k.dtype), dv.to(v.dtype), dw.to(w.dtype), du.sum(0).to(u.dtype), dstate
 
 
+@functools.cache
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def wkv6_cuda(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor | None = None,
-              return_state: bool = False) -> tuple[Tensor, Tensor | None]:
-    """WKV6 on the CUDA kernels: (y, final state [B, H, N, N] float32, or None unless return_state)."""
+              return_state: bool = False, segments: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """WKV6 on the CUDA kernels: (y, final state [B, H, N, N] float32, or None unless return_state).
+
+    `segments` > 1 cuts each sequence into that many segments run side by side
+    (ops/sequence_split.py); None chooses from B, H, T and the GPU's SM count (1 where B x H
+    already fills the GPU)."""
     N = r.shape[-1]
     if N not in HEAD_SIZES:
         raise ValueError(f"wkv6 cuda: head size N = {N} is not built; supported: {HEAD_SIZES}")
@@ -162,5 +173,12 @@ def wkv6_cuda(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tens
                              "(use backend='torch' on the CPU)")
     from .wkv_op import wkv6_op
 
-    y, final = wkv6_op(r, k, v, w, u, state, return_state)
+    B, T, H, _ = r.shape
+    if segments is None:
+        segments = choose_segments(B, H, T, sm_count(r.device.index if r.device.index is not None
+                                                     else torch.cuda.current_device()))
+    if segments > 1:
+        y, final = split_sequence(wkv6_op, r, k, v, w, u, state, segment_length(T, segments))
+    else:
+        y, final = wkv6_op(r, k, v, w, u, state, return_state)
     return y, (final if return_state else None)
