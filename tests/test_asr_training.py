@@ -161,16 +161,29 @@ def test_missing_inputs_are_clear_errors(setup, tmp_path):
         run_asr.train_asr(model_cfg, {}, TrainConfig(data_file=setup["train"]), asr)
 
 
-def test_compile_flag_compiles_the_llm_blocks(setup, tmp_path, monkeypatch):
-    # Only the hook is checked here (compiling a variable-length ASR batch on the CPU recompiles
-    # per shape and takes a minute); test_lm_training runs a compiled training for real.
+def test_compile_flag_traces_the_whole_llm_as_one_graph(setup, tmp_path, monkeypatch):
+    # The LLM's body is traced with fullgraph=True, so a graph break anywhere in the ASR forward
+    # would fail here; the "eager" backend runs the traced graph as it is (inductor's CPU code
+    # generation would take minutes for the batches' several lengths).
+    # test_lm_training compares a compiled training with an eager one.
     from conrwkv.model import RWKV
 
-    compiled = []
-    monkeypatch.setattr(RWKV, "compile_blocks", lambda model, **options: compiled.append(len(model.blocks)))
+    graphs = []
+    original = RWKV.compile_model
+
+    def recording(model, **options):
+        def backend(graph, example_inputs):
+            graphs.append(graph)
+            return graph.forward
+        original(model, backend=backend, **options)
+
+    monkeypatch.setattr(RWKV, "compile_model", recording)
+    torch._dynamo.reset()
     model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2, compile=True)
     run_asr.train_asr(model_cfg, {}, train_cfg, asr)
-    assert compiled == [2] and (tmp_path / "run" / "asr-step000002.pth").is_file()
+    assert graphs and (tmp_path / "run" / "asr-step000002.pth").is_file()
+    inputs = " ".join(n.name for n in graphs[0].graph.nodes if n.op == "placeholder")
+    assert "blocks_modules_0" in inputs and "blocks_modules_1" in inputs   # both blocks, one graph
 
 
 def truncate_flac(path):

@@ -138,15 +138,15 @@ def test_icl_sweep_runs_a_tiny_grid_and_resumes(tmp_path):
     assert (tmp_path / "runs" / "k1-conv0-L1-s0" / "train.log").stat().st_mtime == before
 
 
-def test_compile_flag_compiles_the_blocks_and_trains_like_eager(markov_dir, tmp_path, monkeypatch):
+def test_compile_flag_compiles_the_model_and_trains_like_eager(markov_dir, tmp_path, monkeypatch):
     compiled = []
-    original = RWKV.compile_blocks
+    original = RWKV.compile_model
 
     def recording(model, **options):
         compiled.append(len(model.blocks))
         original(model, backend="aot_eager", **options)     # dynamo + autograd, no slow CPU codegen
 
-    monkeypatch.setattr(RWKV, "compile_blocks", recording)
+    monkeypatch.setattr(RWKV, "compile_model", recording)
     # Compiled code is cached per function: what other tests compiled (another backend, other
     # shapes) would otherwise be guarded against and recompiled around, which is slow.
     torch._dynamo.reset()

@@ -195,10 +195,11 @@ class TrainConfig:
         "deepspeed_stage_3 (DeepSpeed needs GPUs and the deepspeed package).",
         choices=("auto", "ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")))
     compile: bool = field(default=False, metadata=_may_change(
-        "torch.compile each RWKV block before training: fused elementwise kernels, 1.3x (1.6B) to "
-        "1.7x (12 x 768) faster LM training steps on an H100 (docs/benchmarks.md); the first steps "
-        "of each input shape pay the compile time. The WKV CUDA kernels are one node of each block's graph "
-        "(a custom op; the speed figures were measured while they were a graph break)."))
+        "torch.compile the whole RWKV as one graph before training (RWKV.compile_model: every block, "
+        "the WKV op a node of it), for both tasks: fused elementwise kernels; compiling block by "
+        "block gave 1.3x (1.6B) to 1.7x (12 x 768) faster LM training steps on an H100 "
+        "(docs/benchmarks.md; the whole-model compile is not timed yet). The first steps of each "
+        "input shape pay the compile time."))
     seed: int = field(default=42, metadata=_help("Random seed (model init, data order)."))
     load_model: str = field(default="", metadata=_help(
         "Start from this official .pth (LM: fine-tune; ASR: the frozen LLM)."))

@@ -79,7 +79,7 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     torch.manual_seed(train_cfg.seed)
     speech = build_speech_model(model_given, train_cfg, asr_cfg, hardware)
     if train_cfg.compile:
-        speech.llm.compile_blocks()
+        speech.llm.compile_model()
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
     mean_seconds = float(np.mean(data.train_set.durations()))
     batch = effective_batch(train_cfg, hardware, mean_seconds_per_sample=mean_seconds,

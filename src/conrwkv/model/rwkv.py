@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from ..io import atomic_torch_save, safe_torch_load
+from ..ops import resolve_backend
 from .channel_mix import ChannelMix
 from .channel_mix7 import ChannelMix7
 from .official_format import infer_config, load_matching, strip_prefix
@@ -127,13 +128,27 @@ class RWKV(nn.Module):
 
     def compile_model(self, **options) -> None:
         """torch.compile the whole model in place, as one graph (fullgraph=True unless `options`
-        say otherwise; the rest go to torch.compile too).
+        say otherwise; the rest go to torch.compile too): what `train.py --compile` does.
 
-        No graph break with any WKV backend but fla: the torch backend is plain tensor code and
-        the CUDA kernels are the custom op conrwkv::wkv6 (ops/wkv_op.py), so the fusions cross
-        block boundaries and nothing leaves the graph. Costs one compile of the whole model per
-        input shape, instead of one of a block (compile_blocks)."""
-        self.compile(**{"fullgraph": True, **options})
+        The graph is forward_hidden (embedding, every block, the last LayerNorm), which both
+        forward and the ASR model (asr/speech_rwkv.py, which applies the head to the target
+        positions only) call; the head is one matrix product either way. No graph break with
+        any WKV backend but fla: the torch backend is plain tensor code and the CUDA kernels are
+        the custom op conrwkv::wkv6 (ops/wkv_op.py), so the fusions cross block boundaries and
+        nothing leaves the graph. Costs one compile of the whole model per input shape, instead
+        of one of a block (compile_blocks)."""
+        compiled = torch.compile(self.forward_hidden, **{"fullgraph": True, **options})
+        resolves_wkv6 = self.config.arch != "x070"
+
+        def forward_hidden(inputs: Tensor, state: RWKVState | None = None) -> tuple[Tensor, RWKVState]:
+            if resolves_wkv6:
+                # The first choice of "auto" for a device logs and may build the CUDA kernels: a
+                # graph break under fullgraph. Made here, outside the graph, the traced code finds
+                # it cached.
+                resolve_backend(self.config.wkv_backend, inputs.device)
+            return compiled(inputs, state)
+
+        self.forward_hidden = forward_hidden
 
     # ---------------------------------------------------------------- official .pth files
     @classmethod
