@@ -5,9 +5,11 @@ come before the model is loaded; predict skips bad audio only when asked, and sa
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 from speech_fixtures import LIBRISPEECH_UTTERANCES, make_librispeech, write_tone
@@ -170,3 +172,43 @@ def test_predict_stops_at_a_bad_file_unless_asked_to_skip_it(run, tmp_path, caps
     asr.audio = f"{folder / 'b.flac'}"
     with pytest.raises(ValueError, match=r"all 1 files are bad audio; nothing to transcribe"):
         run_asr.predict_asr(ModelConfig(), {}, train_cfg, asr)
+
+
+def test_compile_gives_the_same_hypotheses_with_one_graph_for_every_prefix_length(run, tmp_path, monkeypatch):
+    import torch
+
+    from conrwkv.model import RWKV
+
+    train_cfg, asr = run
+    asr.eval_data = str(make_librispeech(tmp_path / "data", "test-clean"))
+    eager = run_asr.eval_asr(ModelConfig(), {}, train_cfg, asr)
+    graphs, calls = [], []
+    original = RWKV.compile_model
+
+    def recording(model, **options):
+        calls.append(options)
+
+        def backend(graph, example_inputs):
+            graphs.append(graph)
+            return graph.forward
+        original(model, backend=backend, **options)
+
+    decode_mod = importlib.import_module("conrwkv.asr.decode")     # the package's `decode` is the function
+
+    lengths = set()
+    run_prefixes = decode_mod.run_prefixes
+
+    def recording_prefixes(llm, prefixes):
+        lengths.update((len(prefixes), p.shape[0]) for p in prefixes)
+        return run_prefixes(llm, prefixes)
+
+    monkeypatch.setattr(RWKV, "compile_model", recording)
+    monkeypatch.setattr(decode_mod, "run_prefixes", recording_prefixes)
+    torch._dynamo.reset()
+    compiled = run_asr.eval_asr(ModelConfig(), {}, dataclasses.replace(train_cfg, compile=True), asr)
+    assert calls == [{"dynamic": True}]
+    # prefills of many (batch, length) shapes and the one-token step, in a few graphs (sizes 1
+    # are specialised): not a graph per shape
+    assert len(graphs) <= 4 < len(lengths), (len(graphs), sorted(lengths))
+    hyp = "test-clean.hyp.txt"
+    assert (Path(compiled["eval_dir"]) / hyp).read_text() == (Path(eager["eval_dir"]) / hyp).read_text()

@@ -92,6 +92,39 @@ def test_loss_does_not_change_with_padding_or_neighbours(model):
     assert mean.item() == pytest.approx((alone[0] + other[0]).item() / 12, rel=1e-5)
 
 
+def test_length_buckets_pad_the_llm_input_and_change_no_loss_or_gradient(model, monkeypatch):
+    audio = random_audio([0.5, 1.1, 1.6], seed=3)
+    lengths = []
+    original = model.llm.forward_hidden
+
+    def recording(inputs, state=None):
+        lengths.append(inputs.shape[1])
+        return original(inputs, state)
+
+    monkeypatch.setattr(model.llm, "forward_hidden", recording)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for bucket in (0, 16, 64):
+        sums, counts = model.utterance_losses(audio, TARGETS, length_bucket=bucket)
+        grads = torch.autograd.grad(sums.sum(), trained)
+        results[bucket] = (sums.detach(), counts, grads)
+    unpadded, sixteen, sixty_four = lengths
+    assert unpadded % 16 and sixteen % 16 == 0 and sixty_four % 64 == 0 and sixteen < unpadded + 16
+    for bucket in (16, 64):
+        assert torch.equal(results[bucket][1], results[0][1])
+        torch.testing.assert_close(results[bucket][0], results[0][0], rtol=1e-6, atol=1e-6)
+        for got, ref in zip(results[bucket][2], results[0][2]):
+            # the sums over positions run over more (zero) terms: float32 rounding only
+            assert ((got - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_a_negative_length_bucket_is_refused_by_name():
+    from conrwkv.config import AsrConfig
+
+    with pytest.raises(ValueError, match="--length_bucket must be 0"):
+        AsrConfig(length_bucket=-1)
+
+
 def test_targets_are_checked(model):
     audio = random_audio([0.5], seed=3)
     with pytest.raises(ValueError, match="outside the vocabulary"):

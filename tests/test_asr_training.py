@@ -1,5 +1,6 @@
 """train.py --task asr end to end on CPU with tiny models: train, resume, eval, predict, merge."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -168,20 +169,28 @@ def test_compile_flag_traces_the_whole_llm_as_one_graph(setup, tmp_path, monkeyp
     # test_lm_training compares a compiled training with an eager one.
     from conrwkv.model import RWKV
 
-    graphs = []
+    graphs, modes, lengths = [], [], []
     original = RWKV.compile_model
 
-    def recording(model, **options):
+    def recording(model, mode, **options):
+        modes.append(mode)
+
         def backend(graph, example_inputs):
             graphs.append(graph)
+            lengths.append(next(x.shape[1] for x in example_inputs if isinstance(x, torch.Tensor)
+                                and x.dim() == 3 and x.shape[-1] == model.config.n_embd))
             return graph.forward
         original(model, backend=backend, **options)
 
     monkeypatch.setattr(RWKV, "compile_model", recording)
     torch._dynamo.reset()
-    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2, compile=True)
+    model_cfg, train_cfg, asr = configs(setup, tmp_path / "run", max_steps=2, compile=True,
+                                        compile_mode="reduce-overhead")
+    asr = dataclasses.replace(asr, length_bucket=64)
     run_asr.train_asr(model_cfg, {}, train_cfg, asr)
     assert graphs and (tmp_path / "run" / "asr-step000002.pth").is_file()
+    assert modes == ["reduce-overhead"]
+    assert lengths and all(n % 64 == 0 for n in lengths), lengths   # the training batches, bucketed
     inputs = " ".join(n.name for n in graphs[0].graph.nodes if n.op == "placeholder")
     assert "blocks_modules_0" in inputs and "blocks_modules_1" in inputs   # both blocks, one graph
 

@@ -68,12 +68,13 @@ COMMANDS = {
         "corpus WER of the trained weights on --eval_data (default --val_file), under the "
         "project's and Whisper's normalisers, into a new eval-* folder",
         model=("wkv_backend",),
-        train=("proj_dir", "val_file", "micro_bsz", "accelerator", "precision", "load_model"),
+        train=("proj_dir", "val_file", "micro_bsz", "accelerator", "precision", "load_model", "compile"),
         asr=(*_DECODING, "eval_data", "eval_max_duration")),
     ("asr", "predict"): Command(
         "conrwkv.asr.run:predict_asr", "conrwkv.asr.plan:plan_trained_asr",
         "transcribe the --audio files and folders with the trained weights",
-        model=("wkv_backend",), train=("proj_dir", "micro_bsz", "accelerator", "precision", "load_model"),
+        model=("wkv_backend",), train=("proj_dir", "micro_bsz", "accelerator", "precision", "load_model",
+                                       "compile"),
         asr=(*_DECODING, "audio")),
     ("asr", "merge"): Command(
         "conrwkv.asr.run:merge_asr", "conrwkv.asr.plan:plan_trained_asr",

@@ -13,6 +13,8 @@ WKV_BACKENDS = ("auto", "torch", "cuda", "fla")
 # The WKV7 op (RWKV-7): the torch backend, and fla's chunk_rwkv7 on CUDA; cuda is WKV6's kernel.
 WKV7_BACKENDS = ("auto", "torch", "fla")
 LR_SCHEDULES = ("exp", "cos", "linear", "const")
+# torch.compile's modes (--compile_mode); reduce-overhead replays the compiled code from CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 PROJECTORS = ("linear", "conv")
 ENCODER_BATCHING = ("auto", "batch", "one_by_one")
 LLM_TRAIN = ("frozen", "lora", "full")
@@ -199,7 +201,13 @@ class TrainConfig:
         "the WKV op a node of it), for both tasks: fused elementwise kernels; compiling block by "
         "block gave 1.3x (1.6B) to 1.7x (12 x 768) faster LM training steps on an H100 "
         "(docs/benchmarks.md; the whole-model compile is not timed yet). The first steps of each "
-        "input shape pay the compile time."))
+        "input shape pay the compile time. --op eval / predict: the prefill and the token step "
+        "compiled (one graph for every prefix length)."))
+    compile_mode: str = field(default="default", metadata=_may_change(
+        "With --compile: torch.compile's mode. reduce-overhead also replays the compiled forward "
+        "and backward from CUDA graphs (a GPU only; one graph per input shape, so give --task asr "
+        "a --length_bucket to keep the shapes few); max-autotune searches kernel configurations "
+        "(long compiles).", choices=COMPILE_MODES))
     seed: int = field(default=42, metadata=_help("Random seed (model init, data order)."))
     load_model: str = field(default="", metadata=_help(
         "Start from this official .pth (LM: fine-tune; ASR: the frozen LLM)."))
@@ -225,6 +233,9 @@ class TrainConfig:
         if self.accumulate_grad_batches < 1:
             raise ValueError(f"--accumulate_grad_batches must be at least 1, got "
                              f"{self.accumulate_grad_batches}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"--compile_mode {self.compile_mode} is a mode of --compile, which is off; "
+                             f"add --compile")
 
 
 @dataclass
@@ -253,6 +264,12 @@ class AsrConfig:
         "and trains the projector (and conv) only: the projector-only baseline."))
     separator: str = field(default="#", metadata=_help(
         "Text placed between the speech embeddings and the transcript (RWKV-ASR uses '#')."))
+    length_bucket: int = field(default=0, metadata=_may_change(
+        "Training and validation: pad each batch's LLM input (speech, separator, transcript) at the end to a "
+        "multiple of this many positions (0: to the batch's longest row only), so that a compiled "
+        "LLM (--compile, and the CUDA graphs of --compile_mode reduce-overhead) sees a few input "
+        "lengths rather than one per batch. The model is causal and the loss reads only the "
+        "transcript positions, so the padding changes no loss or gradient."))
     # The oracle-prefix probe (asr/oracle.py): is a failed run the pipeline or the LLM?
     oracle_prefix: bool = field(default=False, metadata=_help(
         "Probe: feed the transcript's own token embeddings in place of the projected speech, "
@@ -324,3 +341,8 @@ class AsrConfig:
     eval_max_duration: float = field(default=0.0, metadata=_may_change(
         "--op eval: score only utterances up to this long (s; 0: no limit, every utterance is "
         "scored). The summary states how many were scored and how many were left out, and why."))
+
+    def __post_init__(self) -> None:
+        if self.length_bucket < 0:
+            raise ValueError(f"--length_bucket must be 0 (off) or a number of positions, got "
+                             f"{self.length_bucket}")

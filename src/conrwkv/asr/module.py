@@ -40,7 +40,8 @@ class AsrModule(L.LightningModule):
             # every trained parameter, so that the other processes' gradient all-reduce (DDP,
             # DeepSpeed) is matched instead of hanging (returning None skipped it on one rank).
             return sum((p * 0.0).sum() for p in self.model.trainable_named_parameters().values())
-        sums, counts = self.model.utterance_losses(batch["audio"], self.targets(batch["texts"]))
+        sums, counts = self.model.utterance_losses(batch["audio"], self.targets(batch["texts"]),
+                                                   self.asr_config.length_bucket)
         summed = sums.sum()
         self.log("train/loss", summed.detach() / counts.sum(), prog_bar=True, batch_size=len(batch["audio"]))
         # Token-weighted over the accumulation window, not a mean of micro-batch means.
@@ -62,7 +63,8 @@ class AsrModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         if batch["audio"]:
-            sums, counts = self.model.utterance_losses(batch["audio"], self.targets(batch["texts"]))
+            sums, counts = self.model.utterance_losses(batch["audio"], self.targets(batch["texts"]),
+                                                       self.asr_config.length_bucket)
             self._val_sums += torch.stack([sums.sum().double(), counts.sum().double()])
 
     def on_validation_epoch_end(self) -> None:

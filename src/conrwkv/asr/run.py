@@ -79,7 +79,7 @@ def train_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     torch.manual_seed(train_cfg.seed)
     speech = build_speech_model(model_given, train_cfg, asr_cfg, hardware)
     if train_cfg.compile:
-        speech.llm.compile_model()
+        speech.llm.compile_model(mode=train_cfg.compile_mode)
     module = AsrModule(speech, train_cfg, asr_cfg, WorldTokenizer())
     mean_seconds = float(np.mean(data.train_set.durations()))
     batch = effective_batch(train_cfg, hardware, mean_seconds_per_sample=mean_seconds,
@@ -101,6 +101,15 @@ def load_trained(model_given: dict, train_cfg: TrainConfig, asr_cfg: AsrConfig,
     speech = build_speech_model(model_given, train_cfg, asr_cfg, hardware, device=hardware.device)
     speech.load_trainable_state_dict(safe_torch_load(weights), source=str(weights))
     return speech.eval(), weights
+
+
+def compile_for_decoding(speech: SpeechRWKV, train_cfg: TrainConfig) -> None:
+    """With --compile, the LLM compiled for --op eval / predict: one graph with symbolic sizes
+    (dynamic=True) for the prefills, whose lengths differ from batch to batch, and one for the
+    token step, which the GPU's RNNStepper then records into its CUDA graph. torch.compile's
+    default mode: its reduce-overhead mode would record CUDA graphs inside that recording."""
+    if train_cfg.compile:
+        speech.llm.compile_model(dynamic=True)
 
 
 @torch.no_grad()
@@ -166,6 +175,7 @@ def eval_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig,
     names = corpus_names(specs)
     corpora = {name: (spec, *eval_dataset(spec, asr_cfg, flag)) for name, spec in zip(names, specs)}
     speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
+    compile_for_decoding(speech, train_cfg)
     asr_cfg = as_trained(weights, model_given, train_cfg, asr_cfg)[2]   # oracle and lowercase as trained
     tokenizer = WorldTokenizer()
     steppers = StepperCache()              # one CUDA-graph capture per batch size, not per batch
@@ -238,6 +248,7 @@ def predict_asr(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfi
                          f"transcript in place of the speech, and new audio has none; score the "
                          f"probe with --op eval on a corpus with transcripts")
     speech, weights = load_trained(model_given, train_cfg, asr_cfg, weights)
+    compile_for_decoding(speech, train_cfg)
     tokenizer = WorldTokenizer()
     steppers = StepperCache()
     texts, skipped, seconds, start = {}, [], 0.0, time.perf_counter()

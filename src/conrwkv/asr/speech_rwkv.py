@@ -317,9 +317,14 @@ class SpeechRWKV(nn.Module):
                     raise ValueError(f"targets[{i}][{j}] = {token} is outside the vocabulary [0, {vocab})")
 
     # ---------------------------------------------------------------- loss
-    def utterance_losses(self, audio: list[np.ndarray], targets: list[list[int]]) -> tuple[Tensor, Tensor]:
+    def utterance_losses(self, audio: list[np.ndarray], targets: list[list[int]],
+                         length_bucket: int = 0) -> tuple[Tensor, Tensor]:
         """Per utterance: summed cross-entropy (fp32) over its transcript and end token, and the
-        number of those tokens (len(target) + 1)."""
+        number of those tokens (len(target) + 1).
+
+        length_bucket > 0 pads the LLM input at the end to a multiple of it (--length_bucket), so
+        that a compiled LLM sees few lengths. Padding after a row's last position changes nothing
+        before it in a causal model, and only the transcript positions are read."""
         self._check_targets(targets, len(audio))
         prefixes = self.prefixes(audio, targets)
         rows, pos_rows, pos_cols, labels = [], [], [], []
@@ -331,7 +336,10 @@ class SpeechRWKV(nn.Module):
             pos_rows.append(torch.full((len(ids) + 1,), i, device=self.device))
             pos_cols.append(torch.arange(first, first + len(ids) + 1, device=self.device))
             labels.append(torch.cat([ids, ids.new_tensor([self.eot_id])]))
-        hidden, _ = self.llm.forward_hidden(pad_sequence(rows, batch_first=True))
+        inputs = pad_sequence(rows, batch_first=True)
+        if length_bucket > 0:
+            inputs = F.pad(inputs, (0, 0, 0, -inputs.shape[1] % length_bucket))
+        hidden, _ = self.llm.forward_hidden(inputs)
         pos_rows, pos_cols, labels = torch.cat(pos_rows), torch.cat(pos_cols), torch.cat(labels)
         # The 65536-wide head only where a token is predicted.
         logits = self.llm.head(hidden[pos_rows, pos_cols]).float()

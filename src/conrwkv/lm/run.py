@@ -52,7 +52,7 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, model_given, train_cfg.load_model)
     if train_cfg.compile:
-        model.compile_model()
+        model.compile_model(mode=train_cfg.compile_mode)
     datamodule = LMDataModule(train_cfg, model.config.vocab_size, data)
     datamodule.setup("fit")              # every data check before training starts
     train_cfg = resolve_max_steps(train_cfg, datamodule, hardware)
