@@ -73,7 +73,7 @@ LM_WARMUP=${LM_WARMUP:-50}
 LM_VAL_EVERY=${LM_VAL_EVERY:-100}
 LM_VAL_BATCHES=${LM_VAL_BATCHES:-4}
 LM_SAVE_EVERY=${LM_SAVE_EVERY:-200}   # steps between resumable checkpoints
-LM_COMPILE=${LM_COMPILE:-1}           # 1: torch.compile the blocks (--compile); 0: eager (e.g. on a CPU)
+LM_COMPILE=${LM_COMPILE:-1}           # 1: torch.compile the model (--compile); 0: eager (e.g. on a CPU)
 LM_SOURCES=${LM_SOURCES:-wordnet gcide devil jargon foldoc fortunes}   # dataset2.py lmtext --sources
 LM_COPY_FRACTION=${LM_COPY_FRACTION:-0}   # >0: also "sentence # sentence" documents (lm_text.py); 0.5 did worse on WordNet
 

@@ -65,6 +65,12 @@ lr_adapter=${lr_adapter:-1e-4}  # projector / conv learning rate
 lr_adapter_final=${lr_adapter_final:-1e-5}
 warmup_steps=${warmup_steps:-10}
 grad_cp=${grad_cp:-0}           # 1: gradient checkpointing (slower, less memory)
+compile=${compile:-0}           # 1: torch.compile the LLM (train: the step; eval, predict: prefill
+                                # and token step)
+compile_mode=${compile_mode:-default}  # train with compile=1: reduce-overhead replays the compiled
+                                # step from CUDA graphs (a GPU only), max-autotune tunes kernels
+length_bucket=${length_bucket:-0}  # train: pad the LLM input to a multiple of this (0: off), so a
+                                # compiled LLM sees few lengths (64 is a fair choice with compile=1)
 device=${device:-auto}          # GPUs to train on (auto: all, or one CPU process); eval, predict
                                 # and merge run on one device (the first GPU, or the CPU)
 precision=${precision:-auto}    # auto: bf16-mixed on GPU, 32-true on CPU
@@ -101,6 +107,11 @@ case $grad_cp in
   0) grad_cp_flag=--no-grad_cp ;;
   1) grad_cp_flag=--grad_cp ;;
   *) echo "demo-state-tuning: grad_cp must be 0 or 1, got $grad_cp" >&2; exit 2 ;;
+esac
+case $compile in
+  0) compile_flag=--no-compile ;;
+  1) compile_flag=--compile ;;
+  *) echo "demo-state-tuning: compile must be 0 or 1, got $compile" >&2; exit 2 ;;
 esac
 
 smoke=
@@ -144,15 +155,17 @@ op_train() {
     --epochs "$epoch_count" --epoch_steps "$epoch_steps" ${wandb:+--wandb "$wandb"} \
     --lr_state_init "$lr_state" --lr_state_final "$lr_state_final" \
     --lr_init "$lr_adapter" --lr_final "$lr_adapter_final" --warmup_steps "$warmup_steps" \
-    --devices "$device" --precision "$precision" --strategy "$strategy" --proj_dir "$proj_dir" "$@"
+    --devices "$device" --precision "$precision" --strategy "$strategy" --proj_dir "$proj_dir" \
+    "$compile_flag" --compile_mode "$compile_mode" --length_bucket "$length_bucket" "$@"
 }
 op_eval() {
   python train.py --task asr --op eval --eval_data "$eval_data" --val_file "$val_data" \
-    --beam "$beam" --micro_bsz "$micro_bsz" --precision "$precision" --proj_dir "$proj_dir" "$@"
+    --beam "$beam" --micro_bsz "$micro_bsz" --precision "$precision" --proj_dir "$proj_dir" \
+    "$compile_flag" "$@"
 }
 op_predict() {
   python train.py --task asr --op predict --audio "$predict_audio" --beam "$beam" \
-    --micro_bsz "$micro_bsz" --precision "$precision" --proj_dir "$proj_dir" "$@"
+    --micro_bsz "$micro_bsz" --precision "$precision" --proj_dir "$proj_dir" "$compile_flag" "$@"
 }
 op_merge() {
   python train.py --task asr --op merge --precision "$precision" --proj_dir "$proj_dir" \

@@ -34,6 +34,8 @@ DRY_RUNS["demo-state-tuning.sh OP=merge"] = ("demo-state-tuning.sh", {"OP": "mer
                                               [])
 DRY_RUNS["demo-icl-sweep.sh MODEL_TYPE=x070"] = ("demo-icl-sweep.sh", {"MODEL_TYPE": "x070"}, [])
 DRY_RUNS["demo-state-tuning.sh smoke_arch=x070"] = ("demo-state-tuning.sh", {"smoke_arch": "x070"}, [])
+DRY_RUNS["demo-state-tuning.sh compile=1"] = ("demo-state-tuning.sh", {
+    "compile": "1", "length_bucket": "64", "compile_mode": "reduce-overhead"}, [])
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -129,6 +131,12 @@ def test_the_state_tuning_demo_gives_each_op_only_its_flags(dry_runs):
     assert evaluate["flags"]["asr"]["eval_data"] == ("data/asr-smoke/corpus/test-clean,"
                                                       "data/asr-smoke/corpus/test-other")
     assert predict["flags"]["asr"]["audio"] == "data/asr-smoke/corpus/test-other"
+    assert not train["flags"]["train"]["compile"] and train["flags"]["asr"]["length_bucket"] == 0
+    assert not evaluate["flags"]["train"]["compile"] and not predict["flags"]["train"]["compile"]
+    train, evaluate, predict = printed_json(dry_runs["demo-state-tuning.sh compile=1"][1])
+    assert train["flags"]["train"]["compile"] and train["flags"]["asr"]["length_bucket"] == 64
+    assert train["flags"]["train"]["compile_mode"] == "reduce-overhead"
+    assert evaluate["flags"]["train"]["compile"] and predict["flags"]["train"]["compile"]
     (merge,) = printed_json(dry_runs["demo-state-tuning.sh OP=merge"][1])
     assert merge["op"] == "merge" and merge["flags"]["asr"]["merge_out"] == "m.pth"
     for plan in (evaluate, predict, merge):
