@@ -43,6 +43,7 @@ static cudaError_t dispatch_backward(const BackwardArgs& a, cudaStream_t stream)
 
 cudaError_t launch_backward(const BackwardArgs& a, cudaStream_t stream) {
     if (!supported(a.N, a.t, a.tw)) return cudaErrorInvalidValue;
+    if (a.N == 16) return dispatch_backward<16>(a, stream);
     return a.N == 32 ? dispatch_backward<32>(a, stream) : dispatch_backward<64>(a, stream);
 }
 

@@ -46,12 +46,13 @@ struct bf16 {
 
 template <int N>
 struct Geometry {
-    static_assert(N == 32 || N == 64, "head size must be 32 or 64");
+    static_assert(N == 16 || N == 32 || N == 64, "head size must be 16, 32 or 64");
     static constexpr int NW = N / 16;      // warps: each owns 16 rows of the N x N state
     static constexpr int NT = 32 * NW;     // threads = 2 N: two per channel in the scans
     static constexpr int GROUP = N / 8;    // threads per time step when each takes 8 channels
-    static constexpr int LDF = N + 8;      // fp32 tiles read as mma operands: row stride = 8 mod 32
-                                           // words keeps both fragment patterns free of bank conflicts
+    // fp32 tiles read as mma operands: row stride = 8 mod 32 words keeps both fragment patterns
+    // free of bank conflicts (N rounded up to 32, plus 8: 40, 40, 72 words for N = 16, 32, 64)
+    static constexpr int LDF = (N + 31) / 32 * 32 + 8;
     static constexpr int LDE = N + 4;      // fp32 tiles read at accumulator positions
     static constexpr int LDA = 20;         // 16 x 16 score tiles
 };

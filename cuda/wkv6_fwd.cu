@@ -9,7 +9,7 @@ static_assert(CH * SEG == 64, "checkpoints() in wkv6_launch.h assumes one stored
 
 // Head size 128 is not built: its backward would need 230 KB of shared memory per block.
 bool supported(int N, DType t, DType tw) {
-    return (N == 32 || N == 64) && !(t == DType::f32 && tw == DType::bf16);
+    return (N == 16 || N == 32 || N == 64) && !(t == DType::f32 && tw == DType::bf16);
 }
 
 template <int N, class T, class TW>
@@ -45,6 +45,7 @@ static cudaError_t dispatch_forward(const ForwardArgs& a, cudaStream_t stream) {
 
 cudaError_t launch_forward(const ForwardArgs& a, cudaStream_t stream) {
     if (!supported(a.N, a.t, a.tw)) return cudaErrorInvalidValue;
+    if (a.N == 16) return dispatch_forward<16>(a, stream);
     return a.N == 32 ? dispatch_forward<32>(a, stream) : dispatch_forward<64>(a, stream);
 }
 

@@ -214,7 +214,8 @@ WKV6_KERNEL(2 * N) wkv6_forward_kernel(const FwdParams<T, TW> p) {
                 const int half = warp >> 1;
                 factored_scores<N>(qd, kf, half ? af2 : af, warp & 1, g, tig, half * N / 16, (half + 1) * N / 16, half);
             } else {
-                factored_scores<N>(qd, kf, af, warp, g, tig, 0, N / 8, false);
+                // one column tile of 8 per warp; a single warp (N = 16) takes both
+                for (int ns = warp; ns < 2; ns += G::NW) factored_scores<N>(qd, kf, af, ns, g, tig, 0, N / 8, false);
             }
         } else {
             exact_scores<N>(rt, kt, g2s, af, LDT, tid);

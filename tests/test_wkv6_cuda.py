@@ -187,6 +187,9 @@ EMULATED = [  # B, T, H, N, state, dtype, w range, gradient of the final state
     (2, 130, 1, 64, "none", torch.float32, (-8.0, 1.0), True),
     (2, 100, 1, 64, "per_row", torch.bfloat16, (-8.0, 2.8), True),     # factored and exact chunks
     (1, 80, 2, 64, "shared", torch.bfloat16, (-1.0, 5.0), True),       # fast decay: exact chunks
+    (2, 100, 2, 16, "per_row", torch.bfloat16, (-8.0, 2.8), True),     # head size 16: one warp
+    (1, 70, 1, 16, "shared", torch.bfloat16, (-1.0, 5.0), True),
+    (2, 45, 1, 16, "none", torch.float32, (-8.0, 1.0), True),
 ]
 
 
@@ -333,8 +336,9 @@ def test_cuda_fast_decay_stress(w_range):
 
 
 @pytest.mark.cuda
-def test_cuda_head_size_32():
-    B, T, H, N = 2, 300, 2, 32
+@pytest.mark.parametrize("N", [16, 32])
+def test_cuda_head_sizes_16_and_32(N):
+    B, T, H = 2, 300, 2
     inputs = make_inputs(B, T, H, N, "shared", device="cuda")
     dy = torch.randn(B, T, H, N, device="cuda").to(torch.bfloat16)
     dsf = torch.randn(B, H, N, N, device="cuda")
@@ -416,12 +420,12 @@ def test_cuda_without_grad_keeps_no_state_and_returns_none_final():
 
 @pytest.mark.cuda
 def test_auto_falls_back_to_torch_for_head_sizes_without_kernels():
-    r, k, v = (torch.randn(1, 20, 2, 16, device="cuda") for _ in range(3))
-    w = torch.rand(1, 20, 2, 16, device="cuda") * 9 - 8
-    u = torch.randn(2, 16, device="cuda")
-    with pytest.warns(UserWarning, match="not 16"):
+    r, k, v = (torch.randn(1, 20, 2, 128, device="cuda") for _ in range(3))
+    w = torch.rand(1, 20, 2, 128, device="cuda") * 9 - 8
+    u = torch.randn(2, 128, device="cuda")
+    with pytest.warns(UserWarning, match="not 128"):
         y = wkv6(r, k, v, w, u)
     expected, _ = wkv6_sequential(r.double(), k.double(), v.double(), w.double(), u.double())
     assert ((y.double() - expected).norm() / expected.norm()) < 1e-5
-    with pytest.raises(ValueError, match="head size N = 16"):
+    with pytest.raises(ValueError, match="head size N = 128"):
         wkv6(r, k, v, w, u, backend="cuda")

@@ -48,9 +48,13 @@ void backward(const void* r, const void* k, const void* v, const void* w, const 
 template <template <int, class, class> class Op, class... A>
 void dispatch(int N, int t, int tw, A... args) {
     using wkv6::bf16;
-    if (N != 32 && N != 64) throw std::runtime_error("emulated head sizes: 32, 64");
+    if (N != 16 && N != 32 && N != 64) throw std::runtime_error("emulated head sizes: 16, 32, 64");
     if (t == 1 && tw == 0) throw std::runtime_error("fp32 r with bf16 w is not a kernel instantiation");
-    if (N == 32) {
+    if (N == 16) {
+        if (t == 0 && tw == 0) Op<16, bf16, bf16>::run(args...);
+        else if (t == 0) Op<16, bf16, float>::run(args...);
+        else Op<16, float, float>::run(args...);
+    } else if (N == 32) {
         if (t == 0 && tw == 0) Op<32, bf16, bf16>::run(args...);
         else if (t == 0) Op<32, bf16, float>::run(args...);
         else Op<32, float, float>::run(args...);

@@ -13,7 +13,7 @@ module compiles nothing.
 
 Inputs: r, k, v, w [B, T, H, N] (bfloat16 or float32; w may stay float32 beside bfloat16 r, k, v),
 u [H, N], state None, [B, H, N, N] or [H, N, N] shared by the batch. y comes back in the dtype of r,
-the final state in float32. Head sizes 32 and 64 are built.
+the final state in float32. Head sizes 16, 32 and 64 are built (16: one warp per block).
 
 The kernels reach autograd and torch.compile as the CUDA implementation of the custom op
 conrwkv::wkv6 (wkv_op.py): `torch.compile(model, fullgraph=True)` traces through it without a
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .sequence_split import choose_segments, segment_length, split_sequence
 
-HEAD_SIZES = (32, 64)   # 128 would need more shared memory per block than the GPU has
+HEAD_SIZES = (16, 32, 64)   # 128 would need more shared memory per block than the GPU has
 _SOURCES = ("wkv6_binding.cpp", "wkv6_fwd.cu", "wkv6_bwd.cu")
 
 
