@@ -38,10 +38,19 @@ def cpu_inputs(B, T, H, N, requires_grad, w_range=(-8.0, 1.0)):
 
 
 def time_cpu(fn, args, backward, repeats):
+    # Dense upstream gradients, as training gives: the gradient of y.sum() is an expanded
+    # (stride 0) tensor, for which the backward's batched matrix products copy every matrix
+    # on its own, which would time that copying rather than the backend.
+    g = torch.Generator().manual_seed(1)
+    grads = None
+
     def once():
+        nonlocal grads
         y, s = fn(*args)
         if backward:
-            (y.sum() + s.sum()).backward()
+            if grads is None:
+                grads = [torch.randn(x.shape, generator=g, dtype=x.dtype) for x in (y, s)]
+            torch.autograd.backward([y, s], grads)
 
     once()                                                         # warm-up
     times = []

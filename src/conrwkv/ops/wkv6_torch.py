@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunking import chunked_log_decay, compute_dtype, floored_exp, intra_chunk_scores, shift, to_chunks
+from .chunking import (
+    chunked_log_decay,
+    compute_dtype,
+    floored_exp,
+    interval_sums,
+    intra_chunk_scores,
+    to_chunks,
+)
 
 DEFAULT_CHUNK = 32
 
@@ -71,8 +78,8 @@ def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
     log_decay = chunked_log_decay(w, L, dt)
     # Interval sums of log-decays, each summed directly (differences of long prefix sums
     # would lose precision in chunks that decay fast).
-    cum_before = torch.cumsum(shift(log_decay, 1), dim=3)      # chunk start .. t-1
-    cum_after = torch.cumsum(shift(log_decay, -1).flip(3), dim=3).flip(3)   # t+1 .. chunk end
+    cum_before = interval_sums(log_decay, "before")             # chunk start .. t-1
+    cum_after = interval_sums(log_decay, "after")               # t+1 .. chunk end
     cum_last = log_decay.sum(dim=3, keepdim=True)                # the whole chunk
 
     # Intra-chunk scores for s < t: sum_j r_t[j] k_s[j] prod_{s<m<t} decay_m[j].

@@ -20,7 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunking import chunked_log_decay, compute_dtype, floored_exp, intra_chunk_set_scores, shift, to_chunks
+from .chunking import (
+    chunked_log_decay,
+    compute_dtype,
+    floored_exp,
+    interval_sums,
+    intra_chunk_set_scores,
+    to_chunks,
+)
 
 
 def wkv7_sequential(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
@@ -94,9 +101,9 @@ def wkv7_chunked(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tenso
     rc, kc, vc, ac, bc = (to_chunks(x, L, dt) for x in (r, k, v, a, b))
     # Padded steps get log-decay 0 and a = b = k = v = 0: they leave the state untouched.
     log_decay = chunked_log_decay(w, L, dt)
-    cum = torch.cumsum(log_decay, dim=3)                                  # chunk start .. t
-    cum_before = torch.cumsum(shift(log_decay, 1, dim=3), dim=3)         # chunk start .. t-1
-    cum_after = torch.cumsum(shift(log_decay, -1, dim=3).flip(3), dim=3).flip(3)   # t+1 .. end
+    cum = interval_sums(log_decay, "through")                             # chunk start .. t
+    cum_before = interval_sums(log_decay, "before")                       # chunk start .. t-1
+    cum_after = interval_sums(log_decay, "after")                         # t+1 .. end
     chunk_decay = floored_exp(cum[..., -1, :])[..., None]                 # [B, H, n, N, 1]
 
     # All four scores in one halving: rows (a, r_t decay_t) against columns (b, k), s < t.
