@@ -3,6 +3,7 @@
     python bench/bench_wkv6.py --cpu            # B=1 H=4 N=64, T = 512 and 2048
     python bench/bench_wkv6.py --decays         # chunked fwd+bwd at slow / mixed / fast decays
     python bench/bench_wkv6.py --gpu            # S1 = B8 T4096 H32 N64, S2 = B4 T1024 H40 N64
+    python bench/bench_wkv6.py --gpu-grid       # B in 1..16 x T in 1024..16384, H32 N64: split or not
 
 --cpu: sequential reference vs chunked, median of repeats by wall clock. --gpu: our CUDA kernels
 (backend "cuda") vs fla's chunk_rwkv6 (fla-core, if installed) vs our torch chunked backend, bf16
@@ -236,6 +237,54 @@ def bench_gpu():
                 check_vs_torch_fp32=check, impls=list(impls))
 
 
+GRID_B, GRID_T, GRID_H, GRID_N = (1, 2, 4, 8, 16), (1024, 4096, 16384), 32, 64
+
+
+def bench_gpu_grid():
+    """Forward + backward with a per-row initial state over B x T (H32 N64, bf16): our kernels
+    with the sequence split as chosen (ops/sequence_split.py), the same without it (segments=1),
+    and fla when installed, all timed in this one process, so that their ratios hold."""
+    from conrwkv.ops.sequence_split import choose_segments
+    from conrwkv.ops.wkv6_cuda import sm_count, wkv6_cuda
+
+    impls = {"ours": lambda r, k, v, w, u, s: wkv6_cuda(r, k, v, w, u, s)[0],
+             "ours-unsplit": lambda r, k, v, w, u, s: wkv6_cuda(r, k, v, w, u, s, segments=1)[0]}
+    peers = gpu_impls()
+    if "fla" in peers:
+        impls["fla"] = peers["fla"]
+    sms = sm_count(torch.cuda.current_device())
+    rows = []
+    for T in GRID_T:
+        for B in GRID_B:
+            inputs = gpu_inputs(B, T, GRID_H, GRID_N)
+            dy = torch.randn(B, T, GRID_H, GRID_N, device="cuda").bfloat16()
+            row = {"B": B, "T": T, "segments": choose_segments(B, GRID_H, T, sms)}
+            for name, fn in impls.items():
+                row[f"{name}_ms"] = time_gpu(name, fn, inputs, True, True, dy)[0]
+            print(f"  B{B} T{T}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("_ms")),
+                  flush=True)
+            rows.append(row)
+            del inputs, dy
+            torch.cuda.empty_cache()
+    return dict(device=torch.cuda.get_device_name(), sms=sms, H=GRID_H, N=GRID_N, rows=rows,
+                impls=list(impls))
+
+
+def print_gpu_grid(res):
+    names = res["impls"]
+    print(f"\nGPU ({res['device']}, {res['sms']} SMs), fwd+bwd with a per-row initial state, H{res['H']} "
+          f"N{res['N']}, bf16, median ms")
+    head = ["B", "T", "segments", *(f"{n} (ms)" for n in names), "split speed-up"]
+    head += ["ours / fla"] if "fla" in names else []
+    body = []
+    for row in res["rows"]:
+        line = [row["B"], row["T"], row["segments"], *(f"{row[n + '_ms']:.3f}" for n in names),
+                f"{row['ours-unsplit_ms'] / row['ours_ms']:.2f}x"]
+        line += [f"{row['ours_ms'] / row['fla_ms']:.2f}"] if "fla" in names else []
+        body.append(line)
+    print_table(head, body)
+
+
 def print_gpu(res):
     names = res["impls"]
     print(f"\nGPU ({res['device']}, copy bandwidth {res['bandwidth_gbs']:.0f} GB/s), bf16 inputs, "
@@ -277,11 +326,16 @@ def main():
                              "decays (B16 T512 H4 N16 and B1 T2048 H4 N64)")
     parser.add_argument("--gpu", action="store_true",
                         help="run the GPU comparison at S1 and S2 (our CUDA kernels, fla, torch chunked)")
+    parser.add_argument("--gpu-grid", action="store_true",
+                        help="time fwd+bwd with a state over B in {1, 2, 4, 8, 16} x T in {1024, 4096, "
+                             "16384} (H32 N64): our kernels with and without the sequence split, and fla")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per CPU case (median reported)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    if not (args.cpu or args.decays or args.gpu):
-        parser.error("choose what to run: --cpu, --decays and/or --gpu")
+    if not (args.cpu or args.decays or args.gpu or args.gpu_grid):
+        parser.error("choose what to run: --cpu, --decays, --gpu and/or --gpu-grid")
+    if (args.gpu or args.gpu_grid) and not torch.cuda.is_available():
+        parser.error("--gpu and --gpu-grid need a CUDA device")
     results = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.cpu:
@@ -298,10 +352,11 @@ def main():
         print_table(["shape", "raw decays w", "chunked fwd+bwd (ms)"],
                     [[r["shape"], r["decays"], f"{r['chunked_ms']:.1f}"] for r in results["decays"]])
     if args.gpu:
-        if not torch.cuda.is_available():
-            parser.error("--gpu needs a CUDA device")
         results["gpu"] = bench_gpu()
         print_gpu(results["gpu"])
+    if args.gpu_grid:
+        results["gpu_grid"] = bench_gpu_grid()
+        print_gpu_grid(results["gpu_grid"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
