@@ -5,6 +5,7 @@ exactly, every step count counts optimizer steps, and the effective batch is sta
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def test_wandb_offline_run_holds_the_config_and_the_loss(markov, tmp_path, monke
                               wandb="conrwkv-test")
     train_lm(model, {}, train)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(run.name.endswith(run_id) for run in runs)
+    # offline-run-<time>-<id>; wandb adds -1 to the folder of a run resumed within the same second
+    pattern = rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?"
+    assert len(runs) == 2 and all(re.fullmatch(pattern, run.name) for run in runs), [r.name for r in runs]
 
 
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
