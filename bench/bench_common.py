@@ -17,8 +17,9 @@ import torch
 
 from conrwkv.model import RWKV, ModelConfig
 
-# name -> (n_layer, n_embd): the RWKV-6 World sizes of the issue; "tiny" is the CPU smoke shape.
-SIZES = {"1.6B": (24, 2048), "3B": (32, 2560), "tiny": (2, 128)}
+# name -> (n_layer, n_embd): the RWKV-6 World sizes of the issue, 1.5B the RWKV-7 of the 1.6B's
+# shape; "tiny" is the CPU smoke shape.
+SIZES = {"1.6B": (24, 2048), "1.5B": (24, 2048), "3B": (32, 2560), "tiny": (2, 128)}
 VOCAB = 65536
 
 
@@ -90,10 +91,11 @@ def free_memory(device: str) -> None:
 @torch.no_grad()
 def random_rwkv(size: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
                 vocab: int = VOCAB, **options) -> RWKV:
-    """An RWKV-6 of the given size, built directly on `device`: the official initialisation
-    (in float32: its orthogonal init needs a float32 QR), then every all-zero matrix (the output
-    projections, channel-mix value and receptance, the LoRA down-projections) filled with
-    N(0, 0.02), so that every layer contributes and no timing runs on zeros; then cast."""
+    """An RWKV-6 (or the `arch` of `options`) of the given size, built directly on `device`: the
+    official initialisation (in float32: its orthogonal init needs a float32 QR), then every
+    all-zero matrix (the output projections, channel-mix value and receptance, the LoRA
+    down-projections) filled with N(0, 0.02), so that every layer contributes and no timing
+    runs on zeros; then cast."""
     torch.manual_seed(seed)
     n_layer, n_embd = SIZES[size]
     config = ModelConfig(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, **options)

@@ -21,6 +21,11 @@ transcripts of the two compared), through SpeechRWKV with the same LLM and a HuB
 encoder (random; written with save_pretrained, loaded by SpeechEncoder), real-time factor =
 wall time / seconds of audio. Random weights rarely emit the end token, so every utterance
 runs to the length limit (8 tokens per second + 10): a worst case for the decoder.
+
+Then the same LLM compiled as `--compile` compiles it for eval / predict (RWKV.compile_model with
+dynamic=True, asr/run.py's compile_for_decoding): the prefill, the CUDA-graph step at batch 1 and
+--batch, and the stepper's transcription, each checked against the eager model (prefill logits,
+the greedy tokens that agree before the first difference).
 """
 
 from __future__ import annotations
@@ -210,7 +215,57 @@ def bench_lm(args, device: str, folder: Path, builder, results: dict) -> RWKV:
     return model
 
 
-def bench_rtf(args, device: str, folder: Path, llm: RWKV, results: dict) -> None:
+def leading_agreement(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many tokens two greedy runs [B, n] share before their first difference (the least
+    over the rows): bf16 rounding that differs may flip an argmax, and every later token follows."""
+    same = (a == b).long().cumprod(dim=1)
+    return int(same.sum(dim=1).min())
+
+
+def bench_compiled(args, device: str, model: RWKV, results: dict) -> None:
+    """The prefill and the CUDA-graph steps of `model` compiled in place (as compile_for_decoding
+    does), timed and checked against its eager self."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, VOCAB, (1, args.prefill), generator=g).to(device)
+    logits, state = ours_prefill(model, ids)
+    first = logits.argmax(-1)
+    eager = RNNStepper(model, 1)
+    eager.reset(state)
+    eager_tokens = eager.greedy(first, 32)
+    del eager
+    model.compile_model(dynamic=True)
+    start = time.perf_counter()
+    compiled_logits, compiled_state = ours_prefill(model, ids)
+    graph1 = RNNStepper(model, 1)
+    log(f"  compiled: first prefill and step capture took {time.perf_counter() - start:.0f} s")
+    checks, timings = results["checks"], results["timings"]
+    checks["compiled_prefill_logits_rel"] = rel(compiled_logits[0], logits[0])
+    graph1.reset(compiled_state)
+    checks["compiled_graph_tokens_agreeing_of_32"] = leading_agreement(graph1.greedy(first, 32), eager_tokens)
+    log(f"  check: compiled prefill logits rel {checks['compiled_prefill_logits_rel']:.2e}; compiled greedy "
+        f"tokens agree with eager for {checks['compiled_graph_tokens_agreeing_of_32']} of 32")
+    n = args.tokens
+    timings["compiled_prefill_s"] = median_seconds(lambda: ours_prefill(model, ids), device, 2, args.repeats)
+    timings["compiled_graph_b1_s"] = median_seconds(
+        lambda: (graph1.reset(compiled_state), graph1.greedy(first, n)), device, 1, args.repeats) / n
+    big = args.batch
+    ids_big = torch.randint(1, VOCAB, (big, args.prefill), generator=g).to(device)
+    logits_big, state_big = ours_prefill(model, ids_big)
+    first_big = logits_big.argmax(-1)
+    graph_big = RNNStepper(model, big)
+    timings["compiled_graph_bN_s"] = median_seconds(
+        lambda: (graph_big.reset(state_big), graph_big.greedy(first_big, n)), device, 1, args.repeats) / n
+    ms = {key: 1e3 * value for key, value in timings.items()}
+    log(f"  compiled: prefill {ms['compiled_prefill_s']:.1f} ms; per step: graph b1 "
+        f"{ms['compiled_graph_b1_s']:.2f} ms, graph b{big} {ms['compiled_graph_bN_s']:.2f} ms")
+    steps = 8
+    results["profiles"]["ours compiled graph b1 (8 tokens)"] = prof = profile_kernels(
+        lambda: (graph1.reset(compiled_state), graph1.greedy(first, steps)), device)
+    prof["per_token_ms"] = prof["kernel_ms"] / steps
+    print_profile("ours compiled graph b1 (8 tokens)", prof)
+
+
+def bench_rtf(args, device: str, folder: Path, llm: RWKV, results: dict, compiled: bool = False) -> None:
     from conrwkv.asr import SpeechRWKV, greedy_decode
     from conrwkv.asr.encoder import SpeechEncoder
     from conrwkv.asr.projector import Projector
@@ -230,7 +285,7 @@ def bench_rtf(args, device: str, folder: Path, llm: RWKV, results: dict) -> None
     for batch in (1, args.asr_batch):
         clips = audio[:batch]
         hypotheses = {}
-        for stepper in (False, True):
+        for stepper in (True,) if compiled else (False, True):
             outputs: list = []
 
             def run(clips=clips, outputs=outputs, stepper=stepper):
@@ -239,12 +294,22 @@ def bench_rtf(args, device: str, folder: Path, llm: RWKV, results: dict) -> None
             seconds = median_seconds(run, device, 1, args.repeats)
             hypotheses[stepper] = outputs[-1]
             tokens = sum(len(o) for o in outputs[-1])
-            row = {"batch": batch, "decoder": "CUDA-graph stepper" if stepper else "eager loop",
+            decoder = "CUDA-graph stepper" if stepper else "eager loop"
+            row = {"batch": batch, "decoder": f"compiled LLM, {decoder}" if compiled else decoder,
                    "seconds": seconds, "audio_s": batch * args.seconds,
                    "rtf": seconds / (batch * args.seconds), "tokens": tokens}
             results["rtf"].append(row)
             log(f"  transcription b{batch}, {row['decoder']}: {seconds:.3f} s for {row['audio_s']:.0f} s of "
                 f"audio, RTF {row['rtf']:.4f}, {tokens} tokens")
+        if compiled:
+            results.setdefault("compiled_hypotheses", {})[str(batch)] = hypotheses[True]
+            reference = results["eager_hypotheses"][str(batch)]
+            same = sum(a == b for a, b in zip(reference, hypotheses[True]))
+            results["checks"][f"compiled_transcripts_equal_eager_b{batch}"] = f"{same}/{batch}"
+            log(f"  check: compiled stepper transcripts equal the eager loop's for {same} of {batch} "
+                "utterances")
+            continue
+        results.setdefault("eager_hypotheses", {})[str(batch)] = hypotheses[False]
         same = sum(a == b for a, b in zip(hypotheses[False], hypotheses[True]))
         results["checks"][f"transcripts_stepper_equal_eager_b{batch}"] = f"{same}/{batch}"
         log(f"  check: stepper transcripts equal the eager loop's for {same} of {batch} utterances")
@@ -273,10 +338,17 @@ def report(results: dict) -> None:
                      f"{1e3 * t['ours_prefill_s']:.1f} ms", ratio(t["ours_prefill_s"], pkg_pre)])
         if pkg_b1:
             rows.append(["rwkv package", "decode b1", f"{1 / pkg_b1:.0f}", f"{1e3 * pkg_b1:.2f} ms", ""])
+        if "compiled_prefill_s" in t:
+            rows.append(["ours compiled", f"prefill {n}", f"{n / t['compiled_prefill_s']:,.0f}",
+                         f"{1e3 * t['compiled_prefill_s']:.1f} ms", ratio(t["compiled_prefill_s"], pkg_pre)])
         for key, name, batch in (("ours_eager_b1_s", "ours eager", 1),
                                  ("ours_graph_b1_s", "ours CUDA graph", 1),
+                                 ("compiled_graph_b1_s", "ours compiled CUDA graph", 1),
                                  ("ours_eager_bN_s", "ours eager", results["batch"]),
-                                 ("ours_graph_bN_s", "ours CUDA graph", results["batch"])):
+                                 ("ours_graph_bN_s", "ours CUDA graph", results["batch"]),
+                                 ("compiled_graph_bN_s", "ours compiled CUDA graph", results["batch"])):
+            if key not in t:
+                continue
             per_step = t[key]
             rows.append([name, f"decode b{batch}", f"{batch / per_step:,.0f}", f"{1e3 * per_step:.2f} ms",
                          ratio(per_step / batch, pkg_b1)])
@@ -314,6 +386,8 @@ def main():
     parser.add_argument("--asr-batch", type=int, default=16, help="utterances in the batched transcription")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each utterance (s)")
     parser.add_argument("--no-rtf", dest="rtf", action="store_false", help="skip the transcription timing")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the compiled LLM's prefill, steps and transcription")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.build_rwkv_only:
@@ -355,6 +429,10 @@ def main():
             log(f"  LM part took {time.perf_counter() - start:.0f} s")
             if args.rtf:
                 bench_rtf(args, device, Path(tmp), model, results)
+            if args.compiled:
+                bench_compiled(args, device, model, results)
+                if args.rtf:
+                    bench_rtf(args, device, Path(tmp), model, results, compiled=True)
         finally:
             if builder is not None and builder.poll() is None:
                 builder.kill()

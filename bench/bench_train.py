@@ -7,9 +7,11 @@ LM: one training step = forward + backward + fused AdamW on bf16 weights, random
 T = 4096 and 1024; at the shapes of --lm-shapes for every implementation and at each one's
 largest batch that fits (found from the memory of a batch-1 step, then tried downwards).
 Implementations: "ours" (RWKV eager, the loss of the project's trainer), "ours-compiled"
-(RWKV.compile_blocks(), the head + cross-entropy compiled too) and "fla" (fla's
-RWKV6ForCausalLM at the same shape, its default fused norms and fused cross-entropy), all with
-random weights. MFU = tokens/s x (6 N + WKV) / the bf16 matrix peak measured in the same run;
+(RWKV.compile_model(), the whole model as one graph as train.py --compile makes it, the head +
+cross-entropy compiled too) and "fla" (fla's RWKV6ForCausalLM at the same shape, its default
+fused norms and fused cross-entropy), all with random weights. --lm-arch x070 times an RWKV-7 of
+the same 24 x 2048 shape (the 1.5B) on the WKV7 backend of --wkv7-backend, without a peer.
+MFU = tokens/s x (6 N + WKV) / the bf16 matrix peak measured in the same run;
 N counts every parameter but the embedding; WKV = 12 x layers x dim_att x head_size per token
 (4 per state element forward: update and read-out, each a multiply-add; backward twice that).
 
@@ -18,7 +20,8 @@ and loaded by SpeechEncoder), 10 s utterances with 36-token transcripts, batch 1
 (frozen LLM and encoder; time_state and projector trained): utterances/s and MFU with 4 FLOP per
 LLM parameter and position (frozen weights: forward and input gradient), the head at predicted
 tokens only, plus the encoder forward and the projector's 6 N, with and without gradient
-checkpointing, eager and compiled.
+checkpointing, eager and compiled (compile_model, torch.compile's default mode; and its
+reduce-overhead mode, CUDA graphs, without checkpointing).
 
 Each step is checked (finite loss; our compiled loss equals the eager one on the same batch) and
 the kernels of one step of each LM implementation are profiled and grouped (torch.profiler).
@@ -54,20 +57,22 @@ from bench_common import (
     write_json,
 )
 
+from conrwkv.model import RWKV
+
 
 # ---------------------------------------------------------------- LM implementations
 class OursLM:
     """RWKV with the loss of the project's LM trainer (cross-entropy on fp32 logits)."""
 
-    def __init__(self, size: str, device: str):
-        self.model = random_rwkv(size, device)
+    def __init__(self, size: str, device: str, **options):
+        self.model = random_rwkv(size, device, **options)
         self.model.train()
         self.compiled = False
         self.config = self.model.config
 
     def compile(self, backend: str) -> None:
         # dynamic: one compile serves every batch size and length the bench tries.
-        self.model.compile_blocks(backend=backend, dynamic=True)
+        self.model.compile_model(backend=backend, dynamic=True)
         self._head_loss = torch.compile(_head_loss, backend=backend, dynamic=True)
         self.compiled = True
 
@@ -75,7 +80,9 @@ class OursLM:
         if self.compiled:
             hidden, _ = self.model.forward_hidden(ids[:, :-1])
             return self._head_loss(hidden, self.model.head.weight, ids[:, 1:])
-        logits, _ = self.model(ids[:, :-1])
+        # The class's forward_hidden: compile_model replaces the instance's.
+        hidden, _ = RWKV.forward_hidden(self.model, ids[:, :-1])
+        logits = self.model.head(hidden)
         return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
 
     def flop_params(self) -> int:
@@ -258,12 +265,17 @@ def check_compiled_loss(impl, device: str, T: int) -> float:
 def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
     """Ours eager, then the peer, then ours compiled: the compile is the slowest part to start,
     so the eager comparison is complete even if the run is cut short."""
-    log(f"\nLM training step, {args.lm_size}")
-    impl = OursLM(args.lm_size, device)
+    log(f"\nLM training step, {args.lm_size} {args.lm_arch}")
+    options = {"arch": args.lm_arch}
+    if args.lm_arch == "x070":
+        options["wkv_backend"] = args.wkv7_backend
+    impl = OursLM(args.lm_size, device, **options)
     bench_lm_impl("ours", impl, args, device, peak_flops, results)
     del impl
     free_memory(device)
-    if "fla" in args.peers:
+    if "fla" in args.peers and args.lm_arch != "x060":
+        log("  the fla peer is fla's RWKV-6: skipped for " + args.lm_arch)
+    elif "fla" in args.peers:
         try:
             peer = FlaLM(args.lm_size, device)
         except Exception as err:  # noqa: BLE001 - a missing or broken peer is reported, not fatal
@@ -272,7 +284,7 @@ def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
             bench_lm_impl("fla", peer, args, device, peak_flops, results)
             del peer
             free_memory(device)
-    impl = OursLM(args.lm_size, device)
+    impl = OursLM(args.lm_size, device, **options)
     impl.compile(args.compile_backend)
     bench_lm_impl("ours-compiled", impl, args, device, peak_flops, results)
     diff = check_compiled_loss(impl, device, args.lm_lengths[-1])
@@ -327,13 +339,17 @@ def bench_asr(args, device: str, peak_flops: float, results: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
 
-    for compiled in (False, True):
-        if compiled:
-            llm.compile_blocks(backend=args.compile_backend)
-        for grad_cp in (False, True):
+    for mode in (None, "default", "reduce-overhead"):
+        llm.__dict__.pop("forward_hidden", None)          # back to eager (compile_model's is per instance)
+        torch._dynamo.reset()
+        if mode is not None:
+            llm.compile_model(backend=args.compile_backend,
+                              **({} if mode == "default" or args.cpu_smoke else {"mode": mode}))
+        compiled = "eager" if mode is None else "compiled" if mode == "default" else f"compiled {mode}"
+        for grad_cp in (False, True) if mode != "reduce-overhead" else (False,):
             llm.config.grad_cp = grad_cp
             losses: list = []
-            name = f"{'compiled' if compiled else 'eager'}, grad_cp {'on' if grad_cp else 'off'}"
+            name = f"{compiled}, grad_cp {'on' if grad_cp else 'off'}"
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
@@ -356,7 +372,7 @@ def bench_asr(args, device: str, peak_flops: float, results: dict) -> None:
         if args.profile and device == "cuda" or args.cpu_smoke:
             llm.config.grad_cp = False
             losses = []
-            name = f"ASR step, {'compiled' if compiled else 'eager'}, grad_cp off"
+            name = f"ASR step, {compiled}, grad_cp off"
             prof = profile_kernels(step, device)
             results["asr_profile"][name] = prof
             print_profile(name, prof)
@@ -409,6 +425,10 @@ def main():
     parser.add_argument("--lm-shapes", default="2x4096,8x1024",
                         help="BxT shapes timed for every LM implementation (the first is profiled); "
                              "each implementation's largest batch at each T is timed too")
+    parser.add_argument("--lm-arch", default="x060", choices=("x060", "x070"),
+                        help="architecture of our LM: x060 (1.6B) or x070 (1.5B, the same 24 x 2048 shape)")
+    parser.add_argument("--wkv7-backend", default="fla", choices=("fla", "torch"),
+                        help="WKV7 backend of the x070 LM (fla's chunk_rwkv7, or our chunked torch code)")
     parser.add_argument("--max-batch", type=int, default=64, help="upper bound of the largest-batch search")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per shape (median reported)")
     parser.add_argument("--peers", default="fla", help="comma-separated peers to run (fla), or 'none'")
@@ -428,7 +448,10 @@ def main():
         parser.error("--gpu needs a CUDA device")
     device = "cuda" if args.gpu else "cpu"
     args.lm_size, args.asr_size, args.encoder_size = ("1.6B", "3B", "large") if args.gpu else ("tiny",) * 3
+    if args.gpu and args.lm_arch == "x070":
+        args.lm_size = "1.5B"
     if args.cpu_smoke:
+        args.wkv7_backend = "torch"                   # fla runs on CUDA only
         if args.lm_shapes == parser.get_default("lm_shapes"):
             args.lm_shapes = "2x64,4x16"
         args.compile_backend, args.peers, args.repeats = "aot_eager", "none", 1
@@ -449,7 +472,9 @@ def main():
     try:
         if "lm" in parts:
             bench_lm(args, device, results["peak_tflops"] * 1e12, results)
-        if "asr" in parts:
+        if "asr" in parts and args.lm_arch != "x060":
+            log("\nASR part skipped: it runs the x060 LLM only")
+        elif "asr" in parts:
             bench_asr(args, device, results["peak_tflops"] * 1e12, results)
             free_memory(device)
     finally:

@@ -323,3 +323,28 @@ def test_one_optimisation_step_lowers_the_loss(model_dir, conv_kernel):
         after = model.loss(audio, targets)
     assert after.item() < before.item() - 1e-3
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+@pytest.mark.cuda
+def test_compiled_llm_equals_eager_in_the_asr_loss_and_gradients(tmp_path):
+    # The state-tuning step on the GPU's kernels (head size 16), the LLM compiled as --compile
+    # compiles it: loss and the gradient of every trained tensor (states, projector) as eager.
+    speech = tiny_speech_rwkv(tmp_path).cuda()
+    audio = random_audio([1.0, 0.6, 0.8], seed=3)
+    targets = [[5, 9, 12, 40], [7, 8], [30, 31, 32]]
+
+    def loss_and_grads():
+        speech.zero_grad(set_to_none=True)
+        loss = speech.loss(audio, targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in speech.trainable_named_parameters().items()}
+
+    eager = loss_and_grads()
+    assert any(n.endswith("time_state") for n in eager[1])
+    torch._dynamo.reset()
+    speech.llm.compile_model()
+    compiled = loss_and_grads()
+    torch.testing.assert_close(compiled[0], eager[0], rtol=2e-3, atol=2e-3)
+    assert compiled[1].keys() == eager[1].keys()
+    for name in eager[1]:
+        torch.testing.assert_close(compiled[1][name], eager[1][name], rtol=2e-3, atol=2e-3, msg=name)

@@ -256,3 +256,4 @@ def test_dry_runs_print_what_the_commands_will_use(setup, tmp_path, capsys):
     assert plan["weights"].endswith("asr-step000002.pth")
     assert plan["trained_as"]["projector_hidden"] == 64 and plan["trained_as"]["encoder"] == setup["encoder"]
     assert plan["llm"]["conv_kernel"] == 3 and plan["llm"]["from"] == setup["llm"]
+

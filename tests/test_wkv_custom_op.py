@@ -5,7 +5,8 @@ AOT dispatch; gradients included), with and without an initial state, and fake a
 outputs of their backward ops; the ops equal the torch backend exactly, values and gradients;
 whole small models (x060 and x070) compiled with torch.compile(fullgraph=True) through the ops
 equal eager in logits and every parameter gradient, and so does compile_model() on the plain
-torch backend. CUDA (skipped without a GPU): the same for the kernels behind conrwkv::wkv6.
+torch backend. CUDA (skipped without a GPU): the same for the kernels behind conrwkv::wkv6, and
+compile_model() (what train.py --compile applies) against eager in the LM loss and gradients.
 """
 
 from __future__ import annotations
@@ -242,4 +243,28 @@ def test_whole_model_on_the_cuda_kernels_compiles_fullgraph_and_equals_eager():
     assert_same(eager, compiled, tol=1e-4)
     torch._dynamo.reset()
     compiled = logits_and_grads(model, torch.compile(model, fullgraph=True), idx)
+    assert_same(eager, compiled, tol=2e-3)
+
+
+@pytest.mark.cuda
+def test_compile_model_on_the_cuda_kernels_equals_eager_in_the_lm_loss_and_gradients():
+    torch.manual_seed(0)
+    model = RWKV(ModelConfig(vocab_size=50, n_layer=2, n_embd=128, head_size=64, conv_kernel=3,
+                              wkv_backend="cuda")).cuda()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(0, 50, (3, 301), device="cuda")
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        logits, _ = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager = loss_and_grads()
+    torch._dynamo.reset()
+    model.compile_model()
+    compiled = loss_and_grads()
     assert_same(eager, compiled, tol=2e-3)
