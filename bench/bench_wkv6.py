@@ -4,6 +4,7 @@
     python bench/bench_wkv6.py --decays         # chunked fwd+bwd at slow / mixed / fast decays
     python bench/bench_wkv6.py --gpu            # S1 = B8 T4096 H32 N64, S2 = B4 T1024 H40 N64
     python bench/bench_wkv6.py --gpu-grid       # B in 1..16 x T in 1024..16384, H32 N64: split or not
+    python bench/bench_wkv6.py --profile-split  # where the sequence split's time goes (torch.profiler)
 
 --cpu: sequential reference vs chunked, median of repeats by wall clock. --gpu: our CUDA kernels
 (backend "cuda") vs fla's chunk_rwkv6 (fla-core, if installed) vs our torch chunked backend, bf16
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import statistics
+import sys
 import time
 from datetime import date
 
@@ -240,7 +243,7 @@ def bench_gpu():
 GRID_B, GRID_T, GRID_H, GRID_N = (1, 2, 4, 8, 16), (1024, 4096, 16384), 32, 64
 
 
-def bench_gpu_grid():
+def bench_gpu_grid(out: dict):
     """Forward + backward with a per-row initial state over B x T (H32 N64, bf16): our kernels
     with the sequence split as chosen (ops/sequence_split.py), the same without it (segments=1),
     and fla when installed, all timed in this one process, so that their ratios hold."""
@@ -253,21 +256,47 @@ def bench_gpu_grid():
     if "fla" in peers:
         impls["fla"] = peers["fla"]
     sms = sm_count(torch.cuda.current_device())
-    rows = []
-    for T in GRID_T:
-        for B in GRID_B:
+    res = dict(device=torch.cuda.get_device_name(), sms=sms, H=GRID_H, N=GRID_N, impls=list(impls),
+               rows=[{"B": B, "T": T, "segments": choose_segments(B, GRID_H, T, sms)}
+                     for T in GRID_T for B in GRID_B])
+    out["gpu_grid"] = res        # filled in place, so that a run cut short still saves its rows
+    for name, fn in impls.items():     # ours first: fla's cold autotuning must not hold its rows back
+        for row in res["rows"]:
+            B, T = row["B"], row["T"]
             inputs = gpu_inputs(B, T, GRID_H, GRID_N)
             dy = torch.randn(B, T, GRID_H, GRID_N, device="cuda").bfloat16()
-            row = {"B": B, "T": T, "segments": choose_segments(B, GRID_H, T, sms)}
-            for name, fn in impls.items():
-                row[f"{name}_ms"] = time_gpu(name, fn, inputs, True, True, dy)[0]
-            print(f"  B{B} T{T}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("_ms")),
-                  flush=True)
-            rows.append(row)
+            row[f"{name}_ms"] = time_gpu(name, fn, inputs, True, True, dy)[0]
+            print(f"  B{B} T{T} {name}: {row[f'{name}_ms']:.3f} ms", flush=True)
             del inputs, dy
             torch.cuda.empty_cache()
-    return dict(device=torch.cuda.get_device_name(), sms=sms, H=GRID_H, N=GRID_N, rows=rows,
-                impls=list(impls))
+    return res
+
+
+def profile_split():
+    """torch.profiler tables of fwd + bwd with a state, split against unsplit, at a small shape
+    (B1 T1024, 4 segments) and a large one (B4 T16384, 2 segments), H32 N64: where the time of
+    the sequence split goes (kernels, the torch code around them, host time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from conrwkv.ops.wkv6_cuda import wkv6_cuda
+
+    for B, T, split in ((1, 1024, 4), (4, 16384, 2)):
+        r, k, v, w, u, s = (x.detach().requires_grad_(True) for x in gpu_inputs(B, T, GRID_H, GRID_N))
+        dy = torch.randn(B, T, GRID_H, GRID_N, device="cuda").bfloat16()
+        for segments in (split, 1):
+            def run(segments=segments, leaves=(r, k, v, w, u, s), dy=dy):
+                wkv6_cuda(*leaves, segments=segments)[0].backward(dy)
+
+            for _ in range(3):
+                run()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    run()
+                torch.cuda.synchronize()
+            print(f"\nB{B} T{T} H{GRID_H} N{GRID_N}, {segments} segment(s), 5 x fwd + bwd")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
+                                            max_name_column_width=60))
 
 
 def print_gpu_grid(res):
@@ -277,10 +306,17 @@ def print_gpu_grid(res):
     head = ["B", "T", "segments", *(f"{n} (ms)" for n in names), "split speed-up"]
     head += ["ours / fla"] if "fla" in names else []
     body = []
+
+    def cell(row, key, fmt):                 # "-" where a run cut short measured nothing
+        return fmt(row) if all(k in row for k in key) else "-"
+
     for row in res["rows"]:
-        line = [row["B"], row["T"], row["segments"], *(f"{row[n + '_ms']:.3f}" for n in names),
-                f"{row['ours-unsplit_ms'] / row['ours_ms']:.2f}x"]
-        line += [f"{row['ours_ms'] / row['fla_ms']:.2f}"] if "fla" in names else []
+        line = [row["B"], row["T"], row["segments"],
+                *(cell(row, [n + "_ms"], lambda r, n=n: f"{r[n + '_ms']:.3f}") for n in names),
+                cell(row, ["ours_ms", "ours-unsplit_ms"],
+                     lambda r: f"{r['ours-unsplit_ms'] / r['ours_ms']:.2f}x")]
+        line += [cell(row, ["ours_ms", "fla_ms"], lambda r: f"{r['ours_ms'] / r['fla_ms']:.2f}")
+                 ] if "fla" in names else []
         body.append(line)
     print_table(head, body)
 
@@ -329,13 +365,16 @@ def main():
     parser.add_argument("--gpu-grid", action="store_true",
                         help="time fwd+bwd with a state over B in {1, 2, 4, 8, 16} x T in {1024, 4096, "
                              "16384} (H32 N64): our kernels with and without the sequence split, and fla")
+    parser.add_argument("--profile-split", action="store_true",
+                        help="print torch.profiler tables of the sequence split against the whole "
+                             "sequence (B1 T1024 and B4 T16384, H32 N64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per CPU case (median reported)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    if not (args.cpu or args.decays or args.gpu or args.gpu_grid):
-        parser.error("choose what to run: --cpu, --decays, --gpu and/or --gpu-grid")
-    if (args.gpu or args.gpu_grid) and not torch.cuda.is_available():
-        parser.error("--gpu and --gpu-grid need a CUDA device")
+    if not (args.cpu or args.decays or args.gpu or args.gpu_grid or args.profile_split):
+        parser.error("choose what to run: --cpu, --decays, --gpu, --gpu-grid and/or --profile-split")
+    if (args.gpu or args.gpu_grid or args.profile_split) and not torch.cuda.is_available():
+        parser.error("--gpu, --gpu-grid and --profile-split need a CUDA device")
     results = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.cpu:
@@ -354,10 +393,21 @@ def main():
     if args.gpu:
         results["gpu"] = bench_gpu()
         print_gpu(results["gpu"])
+    if args.profile_split:
+        profile_split()
     if args.gpu_grid:
-        results["gpu_grid"] = bench_gpu_grid()
-        print_gpu_grid(results["gpu_grid"])
-    if args.json:
+        # A `timeout` around the run sends SIGTERM: exit through the finally below, which prints
+        # and saves the rows measured so far.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+        try:
+            bench_gpu_grid(results)
+        finally:
+            if "gpu_grid" in results:
+                print_gpu_grid(results["gpu_grid"])
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
+    elif args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conrwkv.ops.sequence_split import MIN_SEGMENT, choose_segments, segment_length, split_sequence
+from conrwkv.ops.sequence_split import (
+    MIN_SEGMENT,
+    MIN_SEGMENTS,
+    choose_segments,
+    segment_length,
+    split_sequence,
+)
 from conrwkv.ops.wkv6_torch import wkv6_chunked
 
 
@@ -63,9 +69,11 @@ def test_the_split_keeps_the_input_dtype_and_returns_a_float32_state():
 
 def test_segments_are_chosen_only_where_b_x_h_leaves_sms_idle():
     assert choose_segments(8, 32, 4096, sm_count=132) == 1          # 256 blocks: the GPU is full
-    assert choose_segments(2, 32, 4096, sm_count=132) == 4          # 64 blocks -> 256: one wave, two per SM
+    assert choose_segments(1, 32, 16384, sm_count=132) == 8          # 32 blocks -> 256: one wave, two per SM
+    assert choose_segments(2, 32, 16384, sm_count=132) == 1          # 4 segments would be slower
     assert choose_segments(1, 1, 16384, sm_count=132) == 16384 // MIN_SEGMENT
-    assert choose_segments(1, 2, 2 * MIN_SEGMENT - 1, sm_count=132) == 1   # too short to cut
+    assert choose_segments(1, 1, 64 * MIN_SEGMENT, sm_count=132) == 64
+    assert choose_segments(1, 2, MIN_SEGMENTS * MIN_SEGMENT - 1, sm_count=132) == 1   # too short to cut
     for T, n in ((4096, 5), (16384, 64), (1000, 3)):
         length = segment_length(T, n)
         assert length % 16 == 0 and (n - 1) * length < T <= n * length

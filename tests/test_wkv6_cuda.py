@@ -239,7 +239,7 @@ class EmulatedSegments(torch.autograd.Function):
 
 
 SPLIT_EMULATED = [  # B, T, H, N, state, segment length (None: chosen for a GPU of 132 SMs)
-    (1, 16384, 1, 32, "per_row", None),     # 64 segments of 256 steps, boundaries at chunk edges
+    (1, 16384, 1, 32, "per_row", None),     # 8 segments of 2048 steps, boundaries at chunk edges
     (2, 1000, 1, 64, "shared", 37),          # boundaries inside the kernels' 16-step chunks
     (2, 1024, 2, 64, "none", 256),
 ]
@@ -352,7 +352,7 @@ def test_cuda_head_sizes_16_and_32(N):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,T,H", [(1, 4096, 2), (2, 1000, 1)])
+@pytest.mark.parametrize("B,T,H", [(1, 16384, 2), (2, 16384, 1)])
 def test_cuda_split_path_matches_reference_and_the_whole_sequence(B, T, H):
     N = 64
     chosen = choose_segments(B, H, T, cuda_mod.sm_count(torch.cuda.current_device()))

@@ -31,7 +31,13 @@ from torch import Tensor
 from .chunking import shift
 
 KERNEL_CHUNK = 16        # the CUDA kernels' chunk: the chosen segments are whole chunks
-MIN_SEGMENT = 256        # steps; below this the state passing costs more than the parallelism saves
+# Measured on an H200 (docs/benchmarks.md, "GPU run of WKV v2 (issue 20)"): the state passing and
+# the output correction are torch code of a few dozen launches and a float32 pass over the whole
+# input, which cost more than the kernels' time they save unless each of at least 8 segments is
+# long: 8 segments of 2048 steps at B1 H32 T16384 ran 1.62x faster than the whole sequence, while
+# 2 to 4 segments or segments of 256 to 1024 steps ran 1.2x to 5.3x slower.
+MIN_SEGMENT = 2048       # steps per segment
+MIN_SEGMENTS = 8         # fewer than this: the sequence is not cut
 BLOCKS_PER_SM = 2        # thread blocks of the kernels that fit on one SM (docs/notes-wkv6-cuda.md)
 # The raw decay of a padded step: its decay exp(-exp(-60)) rounds to exactly 1 in float32, so a
 # padded step (k = v = 0) leaves the state as it is.
@@ -43,12 +49,12 @@ WKV6Op = Callable[..., tuple[Tensor, Tensor]]
 def choose_segments(B: int, H: int, T: int, sm_count: int) -> int:
     """How many segments to cut a sequence into: 1 (the sequence as it is) when the B x H blocks
     already fill the GPU's SMs, else as many as fit BLOCKS_PER_SM blocks per SM in one wave,
-    with segments of at least MIN_SEGMENT steps."""
+    with segments of at least MIN_SEGMENT steps, if that makes MIN_SEGMENTS or more."""
     blocks = B * H
     if blocks >= sm_count:
         return 1
-    wanted = BLOCKS_PER_SM * sm_count // blocks
-    return max(1, min(wanted, T // MIN_SEGMENT))
+    segments = min(BLOCKS_PER_SM * sm_count // blocks, T // MIN_SEGMENT)
+    return segments if segments >= MIN_SEGMENTS else 1
 
 
 def segment_length(T: int, segments: int) -> int:
