@@ -263,16 +263,18 @@ def check_compiled_loss(impl, device: str, T: int) -> float:
 
 
 def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
-    """Ours eager, then the peer, then ours compiled: the compile is the slowest part to start,
-    so the eager comparison is complete even if the run is cut short."""
+    """Ours eager, then the peer, then ours compiled (each as --lm-variants and --peers ask):
+    the compile is the slowest part to start, so the eager comparison is complete even if the
+    run is cut short."""
     log(f"\nLM training step, {args.lm_size} {args.lm_arch}")
     options = {"arch": args.lm_arch}
     if args.lm_arch == "x070":
         options["wkv_backend"] = args.wkv7_backend
-    impl = OursLM(args.lm_size, device, **options)
-    bench_lm_impl("ours", impl, args, device, peak_flops, results)
-    del impl
-    free_memory(device)
+    if "eager" in args.lm_variants:
+        impl = OursLM(args.lm_size, device, **options)
+        bench_lm_impl("ours", impl, args, device, peak_flops, results)
+        del impl
+        free_memory(device)
     if "fla" in args.peers and args.lm_arch != "x060":
         log("  the fla peer is fla's RWKV-6: skipped for " + args.lm_arch)
     elif "fla" in args.peers:
@@ -284,6 +286,8 @@ def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
             bench_lm_impl("fla", peer, args, device, peak_flops, results)
             del peer
             free_memory(device)
+    if "compiled" not in args.lm_variants:
+        return
     impl = OursLM(args.lm_size, device, **options)
     impl.compile(args.compile_backend)
     bench_lm_impl("ours-compiled", impl, args, device, peak_flops, results)
@@ -431,6 +435,9 @@ def main():
                         help="WKV7 backend of the x070 LM (fla's chunk_rwkv7, or our chunked torch code)")
     parser.add_argument("--max-batch", type=int, default=64, help="upper bound of the largest-batch search")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per shape (median reported)")
+    parser.add_argument("--lm-variants", default="eager,compiled",
+                        help="comma-separated variants of our LM to time: eager, compiled (e.g. compiled "
+                             "alone beside the peer, when one device call cannot hold all three)")
     parser.add_argument("--peers", default="fla", help="comma-separated peers to run (fla), or 'none'")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend for the compiled variants")
@@ -459,6 +466,10 @@ def main():
     args.lm_shapes = parse_shapes(args.lm_shapes)
     args.lm_lengths = list(dict.fromkeys(T for _, T in args.lm_shapes))
     args.peers = [] if args.peers == "none" else args.peers.split(",")
+    args.lm_variants = args.lm_variants.split(",")
+    unknown = set(args.lm_variants) - {"eager", "compiled"}
+    if unknown:
+        parser.error(f"--lm-variants: unknown {', '.join(sorted(unknown))} (choose from eager, compiled)")
     parts = args.parts.split(",")
     # A `timeout` around the run sends SIGTERM: exit through the finally below, which prints and
     # saves what was measured so far.
