@@ -123,7 +123,8 @@ def test_what_the_batched_step_cannot_compute_is_refused_by_name(tmp_path):
     spec = _group(tmp_path)
     for change, words in ((dict(accumulate_grad_batches=2), "accumulate_grad_batches 2"),
                           (dict(weight_decay=0.1), "weight_decay 0.1"),
-                          (dict(epochs=3), "epochs 3")):
+                          (dict(epochs=3), "epochs 3"),
+                          (dict(head_tokens="data"), "head_tokens 'data'")):
         with pytest.raises(ValueError, match=words):
             check_spec(dataclasses.replace(spec, train=dataclasses.replace(spec.train, **change)))
     with pytest.raises(ValueError, match="wkv_backend"):

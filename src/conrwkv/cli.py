@@ -62,7 +62,8 @@ COMMANDS = {
         "state-tune a frozen RWKV World model (--load_model) behind a frozen speech encoder "
         "(--llm_train lora / full: train its LoRA adapters or its weights too)",
         model=("n_layer", "n_embd", "conv_kernel", "wkv_backend", "grad_cp"),
-        train=tuple(n for n in _TRAINING if n not in ("data_type", "ctx_len")), asr=_ASR_TRAINING),
+        train=tuple(n for n in _TRAINING if n not in ("data_type", "ctx_len", "head_tokens")),
+        asr=_ASR_TRAINING),
     ("asr", "eval"): Command(
         "conrwkv.asr.run:eval_asr", "conrwkv.asr.plan:plan_trained_asr",
         "corpus WER of the trained weights on --eval_data (default --val_file), under the "

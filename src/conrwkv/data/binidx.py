@@ -145,3 +145,10 @@ class BinidxReader:
                 highs.append(int(chunk.max()))
             self._range = (min(lows), max(highs))
         return self._range
+
+    def distinct_tokens(self) -> np.ndarray:
+        """The sorted distinct token ids of the file, in one chunked pass over the memory map."""
+        seen = np.zeros(0, dtype=np.int64)
+        for start in range(0, self.n_tokens, RANGE_CHUNK):
+            seen = np.union1d(seen, self.tokens[start:start + RANGE_CHUNK].astype(np.int64))
+        return seen

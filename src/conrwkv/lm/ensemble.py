@@ -110,6 +110,8 @@ def check_spec(spec: GroupSpec) -> None:
         problems.append(f"weight_decay {cfg.weight_decay} (only 0: Adam, as the sweep uses)")
     if cfg.epochs:
         problems.append(f"epochs {cfg.epochs} (give max_steps)")
+    if cfg.head_tokens != "all":
+        problems.append(f"head_tokens {cfg.head_tokens!r} (only all)")
     if cfg.max_steps < 1:
         problems.append(f"max_steps {cfg.max_steps}")
     if spec.model.wkv_backend != "torch":

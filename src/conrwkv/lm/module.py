@@ -9,6 +9,8 @@ of exactly the same documents and positions, so val/gap is an exact comparison.
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
@@ -27,16 +29,47 @@ def masked_token_losses(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return losses.view_as(target) * mask
 
 
+def head_subset_token_losses(hidden: Tensor, head_weight: Tensor, tokens: Tensor, position: Tensor,
+                             target: Tensor, mask: Tensor) -> Tensor:
+    """masked_token_losses of the full head, computed from the rows of `tokens` only, for a head
+    whose every other row is zero (--head_tokens data).
+
+    Each zero row's logit is exactly 0, so the V - S of them together add (V - S) e^0 to the
+    softmax's denominator: one extra logit ln(V - S) stands for them all, and the loss is the
+    full-vocabulary cross-entropy to rounding. `position` [V] maps a token id to its place in
+    `tokens` (targets must be among them wherever mask is True)."""
+    V, S = head_weight.shape[0], tokens.numel()
+    logits = F.linear(hidden, head_weight[tokens]).float()
+    if S < V:
+        rest = torch.full((*logits.shape[:-1], 1), math.log(V - S), dtype=logits.dtype, device=logits.device)
+        logits = torch.cat([logits, rest], -1)
+    # masked targets may be any id (padding): they are sent to class 0 and weigh nothing
+    index = torch.where(mask.bool(), position[target], 0)
+    losses = F.cross_entropy(logits.flatten(0, 1), index.flatten(), reduction="none")
+    return losses.view_as(target) * mask
+
+
 class LMModule(L.LightningModule):
     def __init__(self, model: RWKV, train_config: TrainConfig,
-                 bayes_by_sequence: np.ndarray | None = None):
+                 bayes_by_sequence: np.ndarray | None = None, head_tokens: np.ndarray | None = None):
         """bayes_by_sequence: [n_val, seq_len - 1] Bayes-optimal loss of each validation
-        document at each predicted position (from a datanew.py folder), or None."""
+        document at each predicted position (from a datanew.py folder), or None. head_tokens:
+        the sorted token ids whose head rows are trained (the others must be zero), or None
+        for the whole head."""
         super().__init__()
         self.model = model
         self.train_config = train_config
         self.bayes = None if bayes_by_sequence is None else torch.from_numpy(bayes_by_sequence)
         self._val_sums: Tensor | None = None
+        self.head_tokens: Tensor | None = None
+        if head_tokens is not None:
+            del self.head_tokens
+            tokens = torch.as_tensor(head_tokens, dtype=torch.long)
+            position = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
+            position[tokens] = torch.arange(tokens.numel())
+            # buffers, so that they follow the module to its device; not saved in checkpoints
+            self.register_buffer("head_tokens", tokens, persistent=False)
+            self.register_buffer("head_position", position, persistent=False)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -46,7 +79,12 @@ class LMModule(L.LightningModule):
         return self.model(idx)[0]
 
     def training_step(self, batch, batch_idx):
-        losses = masked_token_losses(self(batch["input"]), batch["target"], batch["mask"])
+        if self.head_tokens is None:
+            losses = masked_token_losses(self(batch["input"]), batch["target"], batch["mask"])
+        else:
+            hidden = self.model.forward_hidden(batch["input"])[0]
+            losses = head_subset_token_losses(hidden, self.model.head.weight, self.head_tokens,
+                                              self.head_position, batch["target"], batch["mask"])
         summed = losses.sum()
         self.log("train/loss", summed.detach() / batch["mask"].sum().clamp(min=1), prog_bar=True)
         return window_loss(summed, batch[WINDOW_TARGETS], self.train_config.accumulate_grad_batches)

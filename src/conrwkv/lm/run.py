@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
+from ..data.binidx import BinidxReader
 from ..io import read_json
 from ..model import RWKV
 from ..train.batch_size import effective_batch
@@ -37,6 +38,24 @@ def build_model(model_cfg: ModelConfig, model_given: dict, weights: str) -> RWKV
     return RWKV.from_checkpoint(weights, dtype=torch.float32, **model_given)
 
 
+def restrict_head(model: RWKV, train_prefix: Path, train_cfg: TrainConfig) -> np.ndarray:
+    """--head_tokens data: zero the head rows of every token the training data does not hold and
+    return the ids of the others, the rows that are trained. On a resume the checkpoint's
+    weights replace these (their zero rows have stayed zero: they get no gradient)."""
+    if train_cfg.load_model:
+        raise ValueError("--head_tokens data trains a model from scratch: the head rows it zeroes "
+                         f"would be trained values of --load_model {train_cfg.load_model}; use "
+                         "--head_tokens all to fine-tune")
+    tokens = BinidxReader(train_prefix).distinct_tokens()
+    with torch.no_grad():
+        kept = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        kept[torch.from_numpy(tokens)] = True
+        model.head.weight[~kept] = 0.0
+    log.info("--head_tokens data: %d of the %d head rows are trained (the tokens of %s)",
+             len(tokens), model.config.vocab_size, train_prefix)
+    return tokens
+
+
 def trained_token_shift(weights: Path) -> bool:
     """Whether the run that wrote `weights` had the token shift: its training record beside the
     weights says so; an official .pth without one has it."""
@@ -51,14 +70,15 @@ def train_lm(model_cfg: ModelConfig, model_given: dict, train_cfg: TrainConfig) 
     data = resolve_lm_data(train_cfg)
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg, model_given, train_cfg.load_model)
-    if train_cfg.compile:
-        model.compile_model(mode=train_cfg.compile_mode)
     datamodule = LMDataModule(train_cfg, model.config.vocab_size, data)
     datamodule.setup("fit")              # every data check before training starts
+    head_tokens = restrict_head(model, data.train, train_cfg) if train_cfg.head_tokens == "data" else None
+    if train_cfg.compile:
+        model.compile_model(mode=train_cfg.compile_mode)
     train_cfg = resolve_max_steps(train_cfg, datamodule, hardware)
     markov = data.markov_folder
     bayes = np.load(markov / "val_curves.npz")["bayes_by_sequence"] if markov else None
-    module = LMModule(model, train_cfg, bayes)
+    module = LMModule(model, train_cfg, bayes, head_tokens)
     batch = effective_batch(train_cfg, hardware, tokens_per_sample=train_cfg.ctx_len,
                             micro_batches_per_epoch=datamodule.batches_per_epoch(hardware.processes))
     run_config = {"task": "lm", "model": dataclasses.asdict(model.config),

@@ -28,11 +28,14 @@ def build_optimizer(groups: dict[str, tuple[list[tuple[str, nn.Parameter]], floa
         others = [p for n, p in trainable if not (p.dim() == 2 and n.endswith(".weight"))]
         splits = ([(matrices, cfg.weight_decay), (others, 0.0)] if cfg.weight_decay > 0
                   else [(matrices + others, 0.0)])
+        splits = [(params, decay) for params, decay in splits if params]
         for params, decay in splits:
-            if params:
-                param_groups.append({"params": params, "lr": lr_init, "weight_decay": decay,
-                                     "name": name})
-                final_ratios.append(lr_final / lr_init if lr_init > 0 else 1.0)
+            # one name per optimizer group (Lightning's learning-rate monitor refuses two of one
+            # name): a group split by weight decay names its undecayed part apart
+            group_name = f"{name}-no_decay" if len(splits) > 1 and not decay else name
+            param_groups.append({"params": params, "lr": lr_init, "weight_decay": decay,
+                                 "name": group_name})
+            final_ratios.append(lr_final / lr_init if lr_init > 0 else 1.0)
     if not param_groups:
         raise ValueError("no trainable parameters")
     optimizer_class = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
