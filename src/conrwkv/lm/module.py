@@ -61,9 +61,9 @@ class LMModule(L.LightningModule):
         self.train_config = train_config
         self.bayes = None if bayes_by_sequence is None else torch.from_numpy(bayes_by_sequence)
         self._val_sums: Tensor | None = None
-        self.head_tokens: Tensor | None = None
-        if head_tokens is not None:
-            del self.head_tokens
+        if head_tokens is None:
+            self.head_tokens: Tensor | None = None
+        else:
             tokens = torch.as_tensor(head_tokens, dtype=torch.long)
             position = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
             position[tokens] = torch.arange(tokens.numel())
