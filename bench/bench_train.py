@@ -8,9 +8,12 @@ T = 4096 and 1024; at the shapes of --lm-shapes for every implementation and at 
 largest batch that fits (found from the memory of a batch-1 step, then tried downwards).
 Implementations: "ours" (RWKV eager, the loss of the project's trainer), "ours-compiled"
 (RWKV.compile_model(), the whole model as one graph as train.py --compile makes it, the head +
-cross-entropy compiled too) and "fla" (fla's RWKV6ForCausalLM at the same shape, its default
-fused norms and fused cross-entropy), all with random weights. --lm-arch x070 times an RWKV-7 of
-the same 24 x 2048 shape (the 1.5B) on the WKV7 backend of --wkv7-backend, without a peer.
+cross-entropy compiled too), "ours-compiled-blocks" (RWKV.compile_blocks(): each block compiled
+in place, one compile shared by all of them, so it is ready in a fraction of the whole model's
+compile time; the head + cross-entropy compiled too) and "fla" (fla's RWKV6ForCausalLM at the
+same shape, its default fused norms and fused cross-entropy), all with random weights. --lm-arch
+x070 times an RWKV-7 of the same 24 x 2048 shape (the 1.5B) on the WKV7 backend of
+--wkv7-backend, without a peer.
 MFU = tokens/s x (6 N + WKV) / the bf16 matrix peak measured in the same run;
 N counts every parameter but the embedding; WKV = 12 x layers x dim_att x head_size per token
 (4 per state element forward: update and read-out, each a multiply-add; backward twice that).
@@ -57,7 +60,7 @@ from bench_common import (
     write_json,
 )
 
-from conrwkv.model import RWKV
+LM_VARIANTS = ("eager", "compiled", "compiled-blocks")
 
 
 # ---------------------------------------------------------------- LM implementations
@@ -70,9 +73,15 @@ class OursLM:
         self.compiled = False
         self.config = self.model.config
 
-    def compile(self, backend: str) -> None:
-        # dynamic: one compile serves every batch size and length the bench tries.
-        self.model.compile_model(backend=backend, dynamic=True)
+    def compile(self, backend: str, whole_model: bool = True) -> None:
+        """whole_model: the model as one graph (compile_model, what train.py --compile does);
+        otherwise every block compiled in place (compile_blocks: one block's compile serves all
+        of them, so it starts in a fraction of the time). dynamic: one compile serves every
+        batch size and length the bench tries."""
+        if whole_model:
+            self.model.compile_model(backend=backend, dynamic=True)
+        else:
+            self.model.compile_blocks(backend=backend, dynamic=True)
         self._head_loss = torch.compile(_head_loss, backend=backend, dynamic=True)
         self.compiled = True
 
@@ -80,8 +89,7 @@ class OursLM:
         if self.compiled:
             hidden, _ = self.model.forward_hidden(ids[:, :-1])
             return self._head_loss(hidden, self.model.head.weight, ids[:, 1:])
-        # The class's forward_hidden: compile_model replaces the instance's.
-        hidden, _ = RWKV.forward_hidden(self.model, ids[:, :-1])
+        hidden, _ = self.model.forward_hidden(ids[:, :-1])
         logits = self.model.head(hidden)
         return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
 
@@ -251,15 +259,14 @@ def bench_lm_impl(name: str, impl, args, device: str, peak_flops: float, results
     free_memory(device)
 
 
-def check_compiled_loss(impl, device: str, T: int) -> float:
-    """|compiled loss - eager loss| on one batch: the same function, computed another way."""
+def check_batch(device: str, T: int) -> torch.Tensor:
+    """The batch on which a compiled loss is compared with the eager one."""
+    return random_ids(1, T, device, seed=7)
+
+
+def loss_value(impl, ids) -> float:
     # Under autograd, as in training: a no-grad call would compile another graph.
-    ids = random_ids(1, T, device, seed=7)
-    compiled = impl.loss(ids).float().item()
-    impl.compiled = False
-    eager = impl.loss(ids).float().item()
-    impl.compiled = True
-    return abs(compiled - eager)
+    return impl.loss(ids).float().item()
 
 
 def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
@@ -286,14 +293,22 @@ def bench_lm(args, device: str, peak_flops: float, results: dict) -> None:
             bench_lm_impl("fla", peer, args, device, peak_flops, results)
             del peer
             free_memory(device)
-    if "compiled" not in args.lm_variants:
-        return
-    impl = OursLM(args.lm_size, device, **options)
-    impl.compile(args.compile_backend)
-    bench_lm_impl("ours-compiled", impl, args, device, peak_flops, results)
-    diff = check_compiled_loss(impl, device, args.lm_lengths[-1])
-    results["checks"]["compiled_vs_eager_loss_absdiff"] = diff
-    log(f"  check: |compiled loss - eager loss| = {diff:.2e}")
+    for variant in ("compiled", "compiled-blocks"):
+        if variant not in args.lm_variants:
+            continue
+        impl = OursLM(args.lm_size, device, **options)
+        # The eager loss first, at the weights the compiled model starts from (the timed
+        # steps below change them): the same function, computed another way.
+        ids = check_batch(device, args.lm_lengths[-1])
+        eager = loss_value(impl, ids)
+        impl.compile(args.compile_backend, whole_model=variant == "compiled")
+        diff = abs(loss_value(impl, ids) - eager)
+        impl.model.zero_grad(set_to_none=True)
+        results["checks"][f"{variant}_vs_eager_loss_absdiff"] = diff
+        log(f"  check: |{variant} loss - eager loss| = {diff:.2e}")
+        bench_lm_impl(f"ours-{variant}", impl, args, device, peak_flops, results)
+        del impl
+        free_memory(device)
 
 
 # ---------------------------------------------------------------- ASR state tuning
@@ -436,8 +451,10 @@ def main():
     parser.add_argument("--max-batch", type=int, default=64, help="upper bound of the largest-batch search")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per shape (median reported)")
     parser.add_argument("--lm-variants", default="eager,compiled",
-                        help="comma-separated variants of our LM to time: eager, compiled (e.g. compiled "
-                             "alone beside the peer, when one device call cannot hold all three)")
+                        help=f"comma-separated variants of our LM to time: {', '.join(LM_VARIANTS)} "
+                             "(compiled: the whole model as one graph; compiled-blocks: each block, a "
+                             "far shorter compile; e.g. compiled alone beside the peer, when one device "
+                             "call cannot hold them all)")
     parser.add_argument("--peers", default="fla", help="comma-separated peers to run (fla), or 'none'")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend for the compiled variants")
@@ -467,9 +484,10 @@ def main():
     args.lm_lengths = list(dict.fromkeys(T for _, T in args.lm_shapes))
     args.peers = [] if args.peers == "none" else args.peers.split(",")
     args.lm_variants = args.lm_variants.split(",")
-    unknown = set(args.lm_variants) - {"eager", "compiled"}
+    unknown = set(args.lm_variants) - set(LM_VARIANTS)
     if unknown:
-        parser.error(f"--lm-variants: unknown {', '.join(sorted(unknown))} (choose from eager, compiled)")
+        parser.error(f"--lm-variants: unknown {', '.join(sorted(unknown))} "
+                     f"(choose from {', '.join(LM_VARIANTS)})")
     parts = args.parts.split(",")
     # A `timeout` around the run sends SIGTERM: exit through the finally below, which prints and
     # saves what was measured so far.
